@@ -1,0 +1,1 @@
+"""tljax: pretraining and transfer learning for language models in JAX/Flax."""

@@ -1,0 +1,106 @@
+"""The ``tljax`` command: ``tljax pretrain|data prepare`` … with ml-collections configs.
+
+    tljax pretrain --config configs/bert_mlm_tiny.py --workdir runs/bert_tiny [--config.train.steps=300]
+    tljax data prepare [--force]
+
+Bad input (unknown config field, bad value, bad data path) ends with one line naming the problem and
+the fix, and exit status 2; nothing in the workdir is overwritten.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+USAGE = """usage: tljax COMMAND [flags]
+
+commands:
+  pretrain --config FILE.py[:ARG] --workdir DIR [--config.FIELD=VALUE ...]
+                          masked-LM or causal-LM pretraining (resumes from DIR's checkpoints)
+  data prepare [--force]  fetch and prepare the embedded offline corpus and Rotten Tomatoes
+"""
+
+
+def fail(message: str, code: int = 2):
+    print(f"tljax: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def parse_config_flags(argv: list[str], extra_flags=()) -> tuple[object, dict]:
+    """Parse ``--config`` (ml-collections file + overrides), ``--workdir`` and ``extra_flags``.
+
+    Returns (config, {flag: value}); any parse problem becomes a one-line error.
+    """
+    from absl import flags
+    from ml_collections import config_flags
+
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "ml-collections config file", flag_values=fv,
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs, summary)", flag_values=fv)
+    for name, default, help_ in extra_flags:
+        flags.DEFINE_string(name, default, help_, flag_values=fv)
+    try:
+        fv(["tljax"] + argv)
+    except flags.Error as e:
+        fail(f"{e}")
+    except (AttributeError, KeyError) as e:
+        bad = next((a for a in argv if a.startswith("--config.")), "")
+        import re
+        hint = re.search(r'Did you mean "(\w+)"', str(e))
+        fail(f"unknown config field {bad.split('=')[0]!r}"
+             + (f" (did you mean {hint.group(1)!r}?)" if hint else "") + "; see the config file for valid fields")
+    except Exception as e:  # a config file that does not load
+        fail(f"cannot load --config: {type(e).__name__}: {e}")
+    if fv.config is None:
+        fail("--config is required (e.g. --config configs/bert_mlm_tiny.py)")
+    if not fv.workdir:
+        fail("--workdir is required (the run's output directory)")
+    values = {name: getattr(fv, name) for name, _, _ in extra_flags}
+    values["workdir"] = fv.workdir
+    return fv.config, values
+
+
+def cmd_pretrain(argv):
+    config, values = parse_config_flags(argv)
+    from tljax import pretrain
+    from tljax.config import ConfigError
+    from tljax.data.fetch import FetchError
+    from tljax.data.sources import SourceError
+    try:
+        pretrain.run(config, values["workdir"])
+    except (ConfigError, SourceError, FetchError, FileNotFoundError) as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted; the last checkpoint is kept, re-run the same command to resume", 130)
+
+
+def cmd_data(argv):
+    if not argv or argv[0] != "prepare" or any(a not in ("--force",) for a in argv[1:]):
+        fail("usage: tljax data prepare [--force]")
+    from tljax.data import corpus
+    from tljax.data.fetch import FetchError
+    try:
+        corpus.prepare_all(force="--force" in argv)
+    except FetchError as e:
+        fail(str(e))
+
+
+COMMANDS = {"pretrain": cmd_pretrain, "data": cmd_data}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        fail(f"unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}")
+    command(argv[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Run configuration: ml-collections files (``file.py`` or ``file.py:arg``) with ``--config.a.b=v`` overrides.
+
+A run stores its resolved config in ``workdir/config.json``; resuming compares the fields that change what
+a checkpoint means (model shape, objective, tokenizer, sequence length) and refuses on a difference.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ml_collections
+
+# Fields whose change makes an existing checkpoint meaningless for this run.
+RESUME_CRITICAL = ("objective", "model", "data.seq_len", "data.tokenizer")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the field and the fix."""
+
+
+def to_dict(config) -> dict:
+    return json.loads(config.to_json_best_effort()) if isinstance(config, ml_collections.ConfigDict) else config
+
+
+def _get(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def _flatten(tree, prefix=""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _flatten(v, f"{prefix}.{k}" if prefix else k)
+    else:
+        yield prefix, tree
+
+
+def resume_differences(saved: dict, current: dict) -> list[str]:
+    """The resume-critical fields that differ, as ``field: saved -> current`` strings."""
+    diffs = []
+    for key in RESUME_CRITICAL:
+        old, new = dict(_flatten(_get(saved, key), key)), dict(_flatten(_get(current, key), key))
+        for field in sorted(set(old) | set(new)):
+            if old.get(field) != new.get(field):
+                diffs.append(f"{field}: {old.get(field)!r} -> {new.get(field)!r}")
+    return diffs
+
+
+def save_config(config, workdir: Path) -> None:
+    path = Path(workdir) / "config.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def check_resume(config, workdir: Path) -> None:
+    """Raise ConfigError if ``workdir`` holds a run whose critical config differs from ``config``."""
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        return
+    diffs = resume_differences(json.loads(path.read_text()), to_dict(config))
+    if diffs:
+        raise ConfigError(f"{workdir} holds a run with a different config ({'; '.join(diffs[:4])}"
+                          f"{' …' if len(diffs) > 4 else ''}); use a new --workdir or the same config")

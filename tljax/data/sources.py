@@ -1,0 +1,147 @@
+"""Document sources for pretraining: ``text:``, ``jsonl:``, ``tfds:`` and ``builtin:`` specs.
+
+A source spec is a string ``KIND:ARGS``:
+- ``text:/books/*.txt`` — plain text files (comma-separated globs); each blank-line-separated block is a
+  document.
+- ``jsonl:/data/*.jsonl`` or ``jsonl:/data/*.jsonl@body`` — one JSON object per line, text in the field
+  after ``@`` (default ``text``).
+- ``tfds:name/config:split`` or ``tfds:name:split@field`` — a TFDS dataset read through
+  ``tfds.data_source`` on array_record files (no TensorFlow); field default ``text``.
+- ``builtin:corpus`` / ``builtin:corpus_eval`` — the embedded offline corpus (``tljax data prepare``).
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+
+class SourceError(ValueError):
+    """A data source spec that cannot be read; the message names the spec and the fix."""
+
+
+def _split_field(args: str, default: str = "text") -> tuple[str, str]:
+    if "@" in args:
+        args, field = args.rsplit("@", 1)
+        return args, field
+    return args, default
+
+
+def resolve_files(patterns: str) -> list[Path]:
+    """Comma-separated globs -> sorted existing files. Raises SourceError when nothing matches."""
+    files: list[Path] = []
+    for pattern in patterns.split(","):
+        pattern = os.path.expanduser(pattern.strip())
+        matched = sorted(glob.glob(pattern, recursive=True))
+        if not matched:
+            raise SourceError(f"no file matches {pattern!r}; check the path in data.source")
+        files.extend(Path(m) for m in matched if Path(m).is_file())
+    if not files:
+        raise SourceError(f"{patterns!r} matches only directories; use a glob such as 'dir/*.txt'")
+    return files
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{path} is not UTF-8 text (byte {e.start}); convert it with iconv first") from None
+
+
+def _text_documents(patterns: str) -> Iterator[str]:
+    for path in resolve_files(patterns):
+        for block in _read_text(path).split("\n\n"):
+            block = block.strip()
+            if block:
+                yield block
+
+
+def _jsonl_documents(args: str) -> Iterator[str]:
+    patterns, field = _split_field(args)
+    for path in resolve_files(patterns):
+        for lineno, line in enumerate(_read_text(path).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SourceError(f"{path}:{lineno} is not valid JSON ({e.msg}); one object per line expected")
+            if field not in record:
+                raise SourceError(f"{path}:{lineno} has no field {field!r}; name it with 'jsonl:{patterns}@FIELD'")
+            if record[field]:
+                yield str(record[field])
+
+
+def _tfds_documents(args: str) -> Iterator[str]:
+    args, field = _split_field(args)
+    if ":" not in args:
+        raise SourceError(f"tfds source {args!r} needs a split: 'tfds:name/config:split'")
+    name, split = args.rsplit(":", 1)
+    import tensorflow_datasets as tfds  # imported lazily: it is slow to import
+    source = tfds.data_source(name, split=split, builder_kwargs={"file_format": "array_record"})
+    for i in range(len(source)):
+        value = source[i][field]
+        yield value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _builtin_documents(args: str) -> Iterator[str]:
+    from tljax.data import corpus  # the embedded offline corpus
+    paths = corpus.corpus_paths()
+    split = {"corpus": "train", "corpus_eval": "eval"}.get(args)
+    if split is None:
+        raise SourceError(f"unknown builtin source {args!r}; use 'builtin:corpus' or 'builtin:corpus_eval'")
+    yield from _jsonl_documents(str(paths[split]))
+
+
+_READERS = {"text": _text_documents, "jsonl": _jsonl_documents, "tfds": _tfds_documents,
+            "builtin": _builtin_documents}
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    kind, sep, args = spec.partition(":")
+    if not sep or kind not in _READERS:
+        raise SourceError(f"data source {spec!r} is not of the form KIND:ARGS with KIND in {sorted(_READERS)}")
+    return kind, args
+
+
+def iter_documents(spec: str) -> Iterator[str]:
+    """Yield the documents (non-empty strings) of a source spec, in a fixed order."""
+    kind, args = parse_spec(spec)
+    return _READERS[kind](args)
+
+
+def stable_bucket(text: str, buckets: int = 1000) -> int:
+    """A bucket in [0, buckets) from the text alone (crc32), stable across runs and machines."""
+    return zlib.crc32(text.encode("utf-8")) % buckets
+
+
+def select_documents(docs, *, subsample: float = 1.0, holdout: float = 0.0, take_holdout: bool = False):
+    """Deterministic selection by text hash: keep a ``subsample`` fraction, then either the documents
+    outside a ``holdout`` fraction (training) or inside it (evaluation)."""
+    for doc in docs:
+        b = stable_bucket(doc)
+        if b >= subsample * 1000:
+            continue
+        in_holdout = (zlib.crc32(doc.encode("utf-8")[::-1]) % 1000) < holdout * 1000
+        if in_holdout == take_holdout:
+            yield doc
+
+
+def fingerprint(spec: str) -> str:
+    """A hash of what a spec reads (file names, sizes, mtimes), for cache keys."""
+    kind, args = parse_spec(spec)
+    h = hashlib.sha1(spec.encode())
+    if kind in ("text", "jsonl"):
+        for path in resolve_files(_split_field(args)[0] if kind == "jsonl" else args):
+            st = path.stat()
+            h.update(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    elif kind == "builtin":
+        from tljax.data import corpus
+        for path in corpus.corpus_paths().values():
+            st = Path(path).stat()
+            h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,44 @@
+"""Base configs that the files in ``configs/`` start from. Every field is documented here once."""
+from __future__ import annotations
+
+import ml_collections
+
+from tljax.sharding import DEFAULT_RULES
+
+
+def pretrain_config(objective: str, kind: str) -> ml_collections.ConfigDict:
+    """Defaults for ``tljax pretrain``; ``objective`` "mlm" (with kind "bert") or "clm" (kind "gpt")."""
+    c = ml_collections.ConfigDict()
+    c.objective = objective  # "mlm" | "clm"
+    c.seed = 0  # init, masking, dropout and data order all derive from it
+
+    # Architecture (tljax.models.TransformerConfig). vocab_size 0 = the tokenizer's size, rounded up to 128.
+    c.model = ml_collections.ConfigDict(dict(
+        kind=kind, vocab_size=0, hidden_size=128, num_layers=2, num_heads=2, mlp_dim=512, max_len=128,
+        type_vocab_size=2, dropout=0.1, attention_dropout=0.1,
+        activation="gelu" if kind == "bert" else "gelu_new",
+        layer_norm_eps=1e-12 if kind == "bert" else 1e-5, init_std=0.02, use_pooler=kind == "bert",
+        dtype="float32", attention_impl=ml_collections.FieldReference(None, field_type=str), remat="none"))
+
+    c.mlm = ml_collections.ConfigDict(dict(rate=0.15, mask_prob=0.8, random_prob=0.1))
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "builtin:corpus"  # text:GLOB | jsonl:GLOB[@field] | tfds:name/config:split | builtin:corpus
+    c.data.eval_source = "builtin:corpus_eval"  # "" = hold out data.holdout of data.source's documents
+    c.data.holdout = 0.01
+    c.data.subsample = 1.0  # keep this fraction of documents (by text hash); tiny configs use less
+    c.data.seq_len = 128
+    c.data.batch_size = 32  # global batch, over all processes and devices
+    c.data.tokenizer = ml_collections.ConfigDict(dict(
+        path="",  # a Hugging Face tokenizer folder; "" = train one on data.source
+        kind="wordpiece" if kind == "bert" else "bpe", vocab_size=8192, train_fraction=0.5))
+
+    c.train = ml_collections.ConfigDict(dict(
+        steps=1000, lr=5e-4, warmup_steps=100, schedule="cosine", end_lr_ratio=0.1, weight_decay=0.01,
+        b1=0.9, b2=0.999, eps=1e-6, grad_clip=1.0, log_every=50, eval_every=250, eval_batches=8,
+        checkpoint_every=250, keep_checkpoints=2))
+
+    # Device mesh: one -1 takes the remaining devices. Rules map logical axis names to mesh axes.
+    c.mesh = ml_collections.ConfigDict(dict(axes=("data", "fsdp", "tensor"), shape=(-1, 1, 1)))
+    c.sharding_rules = DEFAULT_RULES
+    return c

@@ -1,0 +1,190 @@
+"""Transformer building blocks shared by the BERT encoder and the GPT decoder.
+
+Every parameter is created with logical axis names (``vocab``, ``embed``, ``heads``, ``kv``, ``mlp``,
+``pos``, ``types``) so that a rules table in the config decides how it is laid out on the device mesh.
+Shapes use B = batch, T = sequence length, H = hidden size, N = heads, D = head size, F = MLP size.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    # "gelu" is the exact erf form (BERT); "gelu_new" the tanh approximation (GPT-2).
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Architecture hyper-parameters; one instance describes a BERT or a GPT model."""
+
+    kind: str = "bert"  # "bert" (post-LN encoder) or "gpt" (pre-LN causal decoder)
+    vocab_size: int = 8192
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 2
+    mlp_dim: int = 512
+    max_len: int = 128
+    type_vocab_size: int = 2  # BERT segment ids; unused by GPT
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    init_std: float = 0.02
+    use_pooler: bool = True
+    dtype: str = "float32"  # compute dtype; parameters stay float32
+    attention_impl: str | None = None  # None: let JAX pick (cuDNN fused kernels on GPU when possible)
+    remat: str = "none"  # "none" | "full" | "dots": what each layer recomputes in the backward pass
+
+    def __post_init__(self):
+        if self.kind not in ("bert", "gpt"):
+            raise ValueError(f"model.kind={self.kind!r} is not supported; use 'bert' or 'gpt'")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"model.activation={self.activation!r} unknown; use one of {sorted(ACTIVATIONS)}")
+        if self.remat not in ("none", "full", "dots"):
+            raise ValueError(f"model.remat={self.remat!r} unknown; use 'none', 'full' or 'dots'")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+
+def normal_init(std: float, names: tuple[str | None, ...]):
+    return nn.with_logical_partitioning(nn.initializers.normal(std), names)
+
+
+def zeros_init(names: tuple[str | None, ...]):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def ones_init(names: tuple[str | None, ...]):
+    return nn.with_logical_partitioning(nn.initializers.ones_init(), names)
+
+
+def layer_norm(cfg: TransformerConfig, name: str) -> nn.LayerNorm:
+    # LayerNorm statistics are computed in float32 even under bf16 compute.
+    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.float32, param_dtype=jnp.float32,
+                        scale_init=ones_init(("embed",)), bias_init=zeros_init(("embed",)), name=name)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through ``jax.nn.dot_product_attention``.
+
+    Inputs: x [B, T, H]; mask [B, 1, T, T] bool (True = may attend) or None. Output [B, T, H].
+    """
+
+    cfg: TransformerConfig
+    causal: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool) -> jax.Array:
+        cfg = self.cfg
+        dtype = cfg.compute_dtype
+
+        def project(name):
+            return nn.DenseGeneral(
+                (cfg.num_heads, cfg.head_dim), dtype=dtype, param_dtype=jnp.float32, name=name,
+                kernel_init=normal_init(cfg.init_std, ("embed", "heads", "kv")),
+                bias_init=zeros_init(("heads", "kv")))(x)
+
+        q, k, v = project("query"), project("key"), project("value")  # [B, T, N, D]
+        if not deterministic and cfg.attention_dropout > 0:
+            # The fused kernel has no dropout: fall back to explicit attention when it is needed.
+            out = _attention_with_dropout(q, k, v, mask, self.causal, cfg.attention_dropout,
+                                          self.make_rng("dropout"))
+        else:
+            if self.causal and mask is not None:
+                out = jax.nn.dot_product_attention(q, k, v, mask=mask & _causal_mask(x.shape[1]),
+                                                   implementation=cfg.attention_impl)
+            else:
+                out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=self.causal,
+                                                   implementation=cfg.attention_impl)
+        return nn.DenseGeneral(
+            cfg.hidden_size, axis=(-2, -1), dtype=dtype, param_dtype=jnp.float32, name="out",
+            kernel_init=normal_init(cfg.init_std, ("heads", "kv", "embed")),
+            bias_init=zeros_init(("embed",)))(out)
+
+
+def _causal_mask(length: int) -> jax.Array:
+    """[1, 1, T, T] lower-triangular bool mask."""
+    return jnp.tril(jnp.ones((length, length), bool))[None, None]
+
+
+def _attention_with_dropout(q, k, v, mask, causal, rate, rng):
+    """Reference attention with dropout on the probabilities. q, k, v: [B, T, N, D] -> [B, T, N, D]."""
+    scale = q.shape[-1] ** -0.5
+    logits = jnp.einsum("btnd,bsnd->bnts", q, k).astype(jnp.float32) * scale
+    if causal:
+        mask = _causal_mask(q.shape[1]) if mask is None else mask & _causal_mask(q.shape[1])
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    keep = jax.random.bernoulli(rng, 1.0 - rate, probs.shape)
+    probs = jnp.where(keep, probs / (1.0 - rate), 0.0).astype(v.dtype)
+    return jnp.einsum("bnts,bsnd->btnd", probs, v)
+
+
+class MlpBlock(nn.Module):
+    """Position-wise feed-forward: [B, T, H] -> [B, T, F] -> [B, T, H]."""
+
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        cfg = self.cfg
+        h = nn.Dense(cfg.mlp_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name="intermediate",
+                     kernel_init=normal_init(cfg.init_std, ("embed", "mlp")),
+                     bias_init=zeros_init(("mlp",)))(x)
+        h = ACTIVATIONS[cfg.activation](h)
+        return nn.Dense(cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name="output",
+                        kernel_init=normal_init(cfg.init_std, ("mlp", "embed")),
+                        bias_init=zeros_init(("embed",)))(h)
+
+
+class TransformerLayer(nn.Module):
+    """One block. BERT: post-LN (x = LN(x + f(x))); GPT: pre-LN (x = x + f(LN(x))). [B, T, H] -> [B, T, H]."""
+
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool) -> jax.Array:
+        cfg = self.cfg
+        drop = nn.Dropout(cfg.dropout)
+        attention = SelfAttention(cfg, causal=cfg.kind == "gpt", name="attention")
+        mlp = MlpBlock(cfg, name="mlp")
+        if cfg.kind == "bert":
+            x = layer_norm(cfg, "attention_ln")(x + drop(attention(x, mask, deterministic), deterministic))
+            x = layer_norm(cfg, "output_ln")(x + drop(mlp(x, deterministic), deterministic))
+        else:
+            x = x + drop(attention(layer_norm(cfg, "ln_1")(x), mask, deterministic), deterministic)
+            x = x + drop(mlp(layer_norm(cfg, "ln_2")(x), deterministic), deterministic)
+        return nn.with_logical_constraint(x.astype(cfg.compute_dtype), ("batch", "length", "act_embed"))
+
+
+def remat_layer(cfg: TransformerConfig):
+    """The layer class, wrapped in ``nn.remat`` according to ``cfg.remat``."""
+    if cfg.remat == "none":
+        return TransformerLayer
+    policy = None if cfg.remat == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    return nn.remat(TransformerLayer, policy=policy, static_argnums=(3,))
+
+
+def padding_mask(attention_mask: jax.Array | None) -> jax.Array | None:
+    """attention_mask [B, T] (1 = real token) -> [B, 1, 1, T] bool key mask, or None."""
+    if attention_mask is None:
+        return None
+    return attention_mask.astype(bool)[:, None, None, :]
