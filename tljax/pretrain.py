@@ -132,7 +132,7 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule):
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "accuracy": correct / jnp.maximum(count, 1.0),
-                   "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
+                   "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
@@ -248,7 +248,7 @@ def run(config, workdir: str | Path) -> dict:
     t_log, steps_since_log, first_step = time.time(), 0, step
     meta = lambda s: {"data": data.position(s), "tokens_seen": s * tokens_per_step}
     try:
-        with mesh:
+        with shd.mesh_context(mesh, rules):
             while step < total_steps:
                 rows = data.local_batch(step, jax.process_index(), jax.process_count())
                 state, metrics = train_step(state, device_batch(rows))

@@ -6,6 +6,7 @@ shape and the rules change.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Sequence
 
@@ -55,6 +56,14 @@ def make_mesh(axis_names: Sequence[str], shape: Sequence[int], devices=None) -> 
                          f"are available; set --config.mesh.shape so the product is {len(devices)} (or use -1)")
     # Explicit Auto axis types: tensor-parallel matmuls need them (jax.make_mesh defaults to Explicit).
     return Mesh(np.asarray(devices).reshape(shape), tuple(axis_names))
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: Mesh, rules):
+    """Make ``mesh`` and the logical ``rules`` current, so that activation constraints
+    (``nn.with_logical_constraint``) inside traced model code take effect."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
+        yield
 
 
 def rules_from_config(rules) -> tuple[tuple[str, object], ...]:

@@ -63,7 +63,9 @@ def create_train_state(init_params: Callable[[jax.Array], Any], tx: optax.Gradie
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           rng=jax.random.key_data(jax.random.fold_in(rng, 1)))
 
-    with mesh:
+    # No logical rules here: DenseGeneral initialises flattened kernels, which the params' own
+    # (unflattened) axis names do not fit; out_shardings places the result.
+    with jax.set_mesh(mesh):
         state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
     return state, shardings
 

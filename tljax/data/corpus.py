@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tljax.data import rotten_tomatoes
-from tljax.data.fetch import (atomic_open, cache_dir, fetch_deb, fetch_wheel, stable_fraction,
-                              stable_hash)
+from tljax.data.fetch import (FetchError, atomic_open, cache_dir, fetch_deb, fetch_wheel,
+                              normalize_line_breaks, stable_fraction, stable_hash)
 
 PREP_VERSION = 1
 EVAL_FRACTION = 0.01
@@ -47,6 +47,8 @@ EVAL_FRACTION = 0.01
 GENSIM_SPEC = "gensim==4.4.0"
 WIKI_MEMBER = ("gensim/test/test_data/"
                "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
+# python3.11-doc (Debian 12) is the reference; later releases ship other versions.
+PYTHON_DOC_VERSIONS = ("3.11", "3.13", "3.12")
 # Pin one wheel so every host downloads the same file (the dump is in all of them).
 GENSIM_WHEEL_ARGS = ("--platform", "manylinux_2_28_x86_64", "--python-version", "3.11",
                      "--implementation", "cp", "--abi", "cp311")
@@ -66,6 +68,10 @@ _GCIDE_ENTRY_START = re.compile(r"(?:\A|\n\n)(?=\S)")
 _GCIDE_PRONUNCIATION = re.compile(r"\s*\\[^\\]{1,300}\\(?:\s*\(([^()]*)\))?")
 _GCIDE_SOURCE_TAG = re.compile(
     r"\[(?:[^\[\]]*(?:Webster|WordNet|PJC|Century|RHUD|MW10|Suppl)[^\[\]]*|[A-Z]{2,3}\.?)\]")
+# The dictd conversion left alternate headwords after some source tags
+# ("[1913 Webster] Pea jacket\n   Pea-jacket"): short word-only lines ending the block.
+_GCIDE_TRAILING_HEADWORDS = re.compile(
+    r"(?<=\])[ \t]+[^\W\d][\w' -]{0,40}(?:\n[ \t]*[^\W\d][\w' -]{0,40})*(?=\n\s*\n|\s*\Z|\n\S)")
 _GCIDE_BRACKET_TOKEN = re.compile(r"\[([^\[\]\s]{1,8})\]")
 _GCIDE_ACCENTED = re.compile(r"^([=\-.'`\"~^,*])([A-Za-z]{1,2})$|^([A-Za-z]{1,2})([\^=])$")
 # Orthographic accents are kept as real letters; pronunciation marks become plain letters.
@@ -77,7 +83,7 @@ _GCIDE_SYMBOLS = {
     "asl": "a", "add": "a", "udd": "u", "oo": "oo", "dsdot": "ḍ", "bprime": "″", "prime": "′",
     "alpha": "α", "beta": "β", "gamma": "γ", "delta": "δ", "Delta": "Δ", "pi": "π",
     "phi": "φ", "Upsilon": "Υ", "mu": "μ", "omega": "ω", "sigma": "σ", "lambda": "λ",
-    "flat": "♭", "sharp": "♯", "crescent": "☾",
+    "dagger": "†", "dag": "‡", "flat": "♭", "sharp": "♯", "crescent": "☾",
 }
 _DOMAIN_LABEL = re.compile(r"[A-Z][A-Za-z.& ]*\.")  # "(Zool.)", "(Mar. Law.)"
 
@@ -119,8 +125,10 @@ def clean_gcide_entry(entry: str) -> str:
     text = _GCIDE_BRACKET_TOKEN.sub(_decode_gcide_token, entry)
     text = _GCIDE_PRONUNCIATION.sub(_keep_domain_label, text, count=4)
     text = _drop_header_brackets(text)
+    text = _GCIDE_TRAILING_HEADWORDS.sub("", text)
     text = _GCIDE_SOURCE_TAG.sub("", text)
     text = re.sub(r"\{([^{}]*)\}", lambda m: re.sub(r"[*\"`]", "", m.group(1)), text)
+    text = re.sub(r"[{}]|-{4,}", "", text)  # unbalanced braces; rules of the few tables
     text = re.sub(r"\s*--\s*", " — ", text)  # em dashes and "--Author" attributions
     text = text.replace(". . .", "...")
     blocks = (" ".join(block.split()) for block in re.split(r"\n\s*\n", text))
@@ -220,6 +228,10 @@ _RST_LABELS = {
     "deprecated-removed": "Deprecated since version {}:", "important": "Important:",
     "tip": "Tip:", "caution": "Caution:", "attention": "Attention:", "hint": "Hint:",
 }
+# A label directive with no argument ("Note:") joins the paragraph it introduces.
+_RST_LABEL_LINE = re.compile(
+    "^(" + "|".join(re.escape(v) for v in _RST_LABELS.values() if "{}" not in v) + ")\n",
+    re.MULTILINE)
 _RST_INLINE = re.compile(
     r"``(?P<literal>.+?)``"
     r"|:(?P<pep>pep|rfc):`(?P<number>[^`]+)`"
@@ -227,6 +239,7 @@ _RST_INLINE = re.compile(
     r"|`(?P<ref>[^`]+)`_{0,2}"
     r"|\*\*(?P<strong>[^*]+)\*\*"
     r"|(?<![\w*])\*(?P<emph>[^\s*][^*]*?)\*(?![\w*])"
+    r"|\\(?P<escaped>.)"
     r"|\s?\[(?:#\w*|\d+)\]_")
 
 
@@ -238,6 +251,7 @@ def rst_sections(text: str) -> list[str]:
     """
     sections: list[list[str]] = [[]]
     paragraph: list[str] = []
+    paragraph_indent = 0  # indentation of the paragraph's first line
     lines = text.splitlines()
     i = 0
 
@@ -268,8 +282,11 @@ def rst_sections(text: str) -> list[str]:
             flush()
             i = _skip_until_blank(lines, i)
             continue
-        if _RST_LIST_ITEM.match(stripped):
-            flush()
+        indent = len(line) - len(line.lstrip())
+        if _RST_LIST_ITEM.match(stripped) and indent <= paragraph_indent:
+            flush()  # a new list item; "+ 1" on an indented continuation line is not one
+        if not paragraph:
+            paragraph_indent = indent
         if stripped.startswith("|") and stripped.endswith("|") and len(stripped) > 1:
             stripped = " ".join(cell.strip() for cell in stripped.strip("|").split("|"))
         if stripped == "::":
@@ -285,7 +302,7 @@ def rst_sections(text: str) -> list[str]:
         i += 1
     flush()
     rendered = ("\n".join(p for p in section if p.strip(" :")) for section in sections)
-    return [s for s in rendered if s.strip()]
+    return [_RST_LABEL_LINE.sub(r"\1 ", s) for s in rendered if s.strip()]
 
 
 def rst_documents(text: str, min_chars: int = 4000) -> Iterator[str]:
@@ -376,6 +393,8 @@ def _rst_inline(text: str) -> str:
         if kind == "number":  # :pep:`8` reads "PEP 8"
             return f"{match.group('pep').upper()} {match.group('number')}"
         value = match.group(kind)
+        if kind == "escaped":  # "\\*" is a literal star; "\\ " joins words
+            return "" if value == " " else value
         if kind == "role":
             value = re.sub(r"\s*<[^<>]*>$", "", value)  # :ref:`text <target>`
             if value.startswith("~"):
@@ -386,7 +405,6 @@ def _rst_inline(text: str) -> str:
         return value
 
     text = _RST_INLINE.sub(plain, text)
-    text = text.replace("\\ ", "").replace("\\", "")
     return " ".join(text.split())
 
 
@@ -438,6 +456,9 @@ _WIKI_DROPPED_TAGS = {"ref", "references", "table", "gallery", "math", "timeline
                       "score", "syntaxhighlight", "source", "chem", "graph", "mapframe"}
 _WIKI_MEDIA_LINK = re.compile(r"\s*(file|image|category|media)\s*:", re.IGNORECASE)
 _WIKI_SECTION = re.compile(r"^==\s*([^=].*?)\s*==\s*$", re.MULTILINE)
+# Removed by regex before parsing: the parser leaves malformed ones as plain text.
+_WIKI_REF = re.compile(r"<ref[^>]*/>|<ref[^>]*>.*?</ref\s*>", re.DOTALL | re.IGNORECASE)
+_WIKI_INNERMOST_TABLE = re.compile(r"\{\|(?:(?!\{\|).)*?\|\}", re.DOTALL)
 
 
 def wiki_articles(xml_file) -> Iterator[tuple[str, str]]:
@@ -457,9 +478,13 @@ def wiki_articles(xml_file) -> Iterator[tuple[str, str]]:
 def clean_wikitext(wikitext: str) -> str:
     """Plain prose from wiki markup: templates, references, tables, media links and
     the reference-list sections are dropped; links keep their visible text."""
-    import mwparserfromhell  # only the Wikipedia source needs it
+    try:
+        import mwparserfromhell  # only the Wikipedia source needs it
+    except ImportError as error:
+        raise ImportError("the wikipedia corpus source needs mwparserfromhell: "
+                          "pip install mwparserfromhell") from error
 
-    code = mwparserfromhell.parse(_drop_wiki_sections(wikitext))
+    code = mwparserfromhell.parse(_prestrip_wikitext(wikitext))
     for tag in code.filter_tags(recursive=True):
         if str(tag.tag).strip().lower() in _WIKI_DROPPED_TAGS:
             _remove_node(code, tag)
@@ -468,6 +493,8 @@ def clean_wikitext(wikitext: str) -> str:
             _remove_node(code, link)
     text = code.strip_code(normalize=True, collapse=True)
     text = re.sub(r"\(\s*[,;]?\s*\)", "", text)  # "()" left by removed templates
+    text = re.sub(r"\(\s*[,;]\s*", "(", text)
+    text = re.sub(r" +([,.;:])", r"\1", text)
     text = re.sub(r"[ \t]+", " ", text)
     lines = (line.strip() for line in text.splitlines())
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
@@ -479,8 +506,13 @@ def is_disambiguation(title: str, wikitext: str) -> bool:
         re.search(r"\{\{\s*(disambig|disambiguation|dab|hndis|geodis)\s*[|}]", wikitext, re.I))
 
 
-def _drop_wiki_sections(wikitext: str) -> str:
-    """Cut the level-2 sections that only hold reference lists and links."""
+def _prestrip_wikitext(wikitext: str) -> str:
+    """Cut references, tables and the level-2 sections that only hold reference
+    lists and links."""
+    wikitext = _WIKI_REF.sub("", wikitext)
+    previous = None
+    while previous != wikitext:  # nested tables: innermost first
+        previous, wikitext = wikitext, _WIKI_INNERMOST_TABLE.sub("", wikitext)
     pieces = _WIKI_SECTION.split(wikitext)  # [lead, title1, body1, title2, body2, ...]
     kept = [pieces[0]]
     for title, body in zip(pieces[1::2], pieces[2::2]):
@@ -516,21 +548,33 @@ def _raw_dir(package: str) -> Path:
 
 
 def _gcide_documents() -> Iterator[str]:
-    root = fetch_deb("dict-gcide", _raw_dir("dict-gcide"))
+    root = fetch_deb("dict-gcide", _raw_dir("dict-gcide"), members=["usr/share/dictd/"])
     with gzip.open(root / "usr/share/dictd/gcide.dict.dz", "rb") as f:  # dictzip is gzip
         dictionary = f.read().decode("utf-8", errors="replace")
     yield from gcide_documents(dictionary)
 
 
 def _python_docs_documents() -> Iterator[str]:
-    root = fetch_deb("python3.11-doc", _raw_dir("python3.11-doc"))
-    sources = root / "usr/share/doc/python3.11/html/_sources"
+    sources = _fetch_python_docs()
     for path in sorted(sources.rglob("*.rst.txt")):
         yield from rst_documents(path.read_text(encoding="utf-8", errors="replace"))
 
 
+def _fetch_python_docs() -> Path:
+    """The reST sources folder of the first Python docs package this Debian release has."""
+    error = None
+    for version in PYTHON_DOC_VERSIONS:  # the version differs between Debian releases
+        member = f"usr/share/doc/python{version}/html/_sources/"
+        package = f"python{version}-doc"
+        try:
+            return fetch_deb(package, _raw_dir(package), members=[member]) / member
+        except FetchError as failure:
+            error = error or failure
+    raise error
+
+
 def _wordnet_documents() -> Iterator[str]:
-    root = fetch_deb("wordnet-base", _raw_dir("wordnet-base"))
+    root = fetch_deb("wordnet-base", _raw_dir("wordnet-base"), members=["usr/share/wordnet/data."])
     for part in ("noun", "verb", "adj", "adv"):
         with open(root / f"usr/share/wordnet/data.{part}", encoding="utf-8",
                   errors="replace") as f:
@@ -559,7 +603,7 @@ SOURCES = {
     s.name: s for s in (
         Source("gcide", "Debian dict-gcide: usr/share/dictd/gcide.dict.dz",
                "GPL-2.0-or-later", _gcide_documents),
-        Source("python_docs", "Debian python3.11-doc: html/_sources/**/*.rst.txt",
+        Source("python_docs", "Debian python3.11-doc (else 3.13/3.12): html/_sources/**/*.rst.txt",
                "PSF-2.0", _python_docs_documents),
         Source("wordnet", "Debian wordnet-base: usr/share/wordnet/data.{noun,verb,adj,adv}",
                "WordNet-3.0 (Princeton, BSD-style)", _wordnet_documents),
@@ -644,7 +688,7 @@ def _collect(names: tuple[str, ...]):
         begin = time.time()
         counts = {"documents": 0, "characters": 0, "words": 0, "eval_documents": 0,
                   "duplicates_dropped": 0}
-        for text in source.documents():
+        for text in map(normalize_line_breaks, source.documents()):
             key = stable_hash(text)
             if key in seen:
                 counts["duplicates_dropped"] += 1

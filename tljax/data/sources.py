@@ -63,7 +63,7 @@ def _text_documents(patterns: str) -> Iterator[str]:
 def _jsonl_documents(args: str) -> Iterator[str]:
     patterns, field = _split_field(args)
     for path in resolve_files(patterns):
-        for lineno, line in enumerate(_read_text(path).splitlines(), 1):
+        for lineno, line in enumerate(_read_text(path).split("\n"), 1):
             if not line.strip():
                 continue
             try:

@@ -81,6 +81,36 @@ def layer_norm(cfg: TransformerConfig, name: str) -> nn.LayerNorm:
                         scale_init=ones_init(("embed",)), bias_init=zeros_init(("embed",)), name=name)
 
 
+class HeadProjection(nn.Module):
+    """x [B, T, H] -> [B, T, N, D] with kernel [H, N, D] (``embed, heads, kv``) and bias [N, D]."""
+
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        shape = (cfg.hidden_size, cfg.num_heads, cfg.head_dim)
+        kernel = self.param("kernel", normal_init(cfg.init_std, ("embed", "heads", "kv")), shape, jnp.float32)
+        bias = self.param("bias", zeros_init(("heads", "kv")), shape[1:], jnp.float32)
+        dtype = cfg.compute_dtype
+        return jnp.einsum("bth,hnd->btnd", x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+
+
+class HeadMerge(nn.Module):
+    """x [B, T, N, D] -> [B, T, H] with kernel [N, D, H] (``heads, kv, embed``) and bias [H]."""
+
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        shape = (cfg.num_heads, cfg.head_dim, cfg.hidden_size)
+        kernel = self.param("kernel", normal_init(cfg.init_std, ("heads", "kv", "embed")), shape, jnp.float32)
+        bias = self.param("bias", zeros_init(("embed",)), shape[-1:], jnp.float32)
+        dtype = cfg.compute_dtype
+        return jnp.einsum("btnd,ndh->bth", x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention through ``jax.nn.dot_product_attention``.
 
@@ -96,10 +126,7 @@ class SelfAttention(nn.Module):
         dtype = cfg.compute_dtype
 
         def project(name):
-            return nn.DenseGeneral(
-                (cfg.num_heads, cfg.head_dim), dtype=dtype, param_dtype=jnp.float32, name=name,
-                kernel_init=normal_init(cfg.init_std, ("embed", "heads", "kv")),
-                bias_init=zeros_init(("heads", "kv")))(x)
+            return HeadProjection(cfg, name=name)(x)
 
         q, k, v = project("query"), project("key"), project("value")  # [B, T, N, D]
         if not deterministic and cfg.attention_dropout > 0:
@@ -113,10 +140,7 @@ class SelfAttention(nn.Module):
             else:
                 out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=self.causal,
                                                    implementation=cfg.attention_impl)
-        return nn.DenseGeneral(
-            cfg.hidden_size, axis=(-2, -1), dtype=dtype, param_dtype=jnp.float32, name="out",
-            kernel_init=normal_init(cfg.init_std, ("heads", "kv", "embed")),
-            bias_init=zeros_init(("embed",)))(out)
+        return HeadMerge(cfg, name="out")(out)
 
 
 def _causal_mask(length: int) -> jax.Array:

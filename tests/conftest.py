@@ -1,0 +1,42 @@
+"""Test setup: 8 virtual CPU devices (set before JAX is imported) and a private data cache."""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    # Tests never read or write the user's data cache (packed sequences, prepared corpora).
+    if "TLJAX_TEST_KEEP_CACHE" not in os.environ:
+        monkeypatch.setenv("TLJAX_DATA_DIR", str(tmp_path_factory.getbasetemp() / "tljax_cache"))
+
+
+@pytest.fixture(scope="session")
+def text_corpus(tmp_path_factory):
+    """A folder of four .txt files of synthetic English-like text (Zipf-distributed common words), big
+    enough to train a tokenizer and show learning in a few steps."""
+    import numpy as np
+    words = ("the of and to in a is that for it as was with be by on not he this are or his from at which "
+             "but have an they you were her she there one all we their been has when who will more no if out "
+             "so said what up its about into than them can only other new some could time these two may "
+             "then do first any my now such like our over man me even most made after also did many before "
+             "must through back years where much your way well down should because each just those people "
+             "how too little state good very make world still own see men work long get here between both "
+             "life being under never day same another know while last might us great old year off come since "
+             "against go came right used take three").split()
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("corpus")
+    for f in range(4):
+        paragraphs = []
+        for _ in range(150):
+            sentences = []
+            for _ in range(rng.integers(2, 6)):
+                # Zipf-like word choice gives the corpus learnable structure (frequent words, bigrams).
+                idx = np.minimum(rng.zipf(1.3, rng.integers(5, 15)) - 1, len(words) - 1)
+                sentences.append(" ".join(words[i] for i in idx).capitalize() + ".")
+            paragraphs.append(" ".join(sentences))
+        (root / f"part{f}.txt").write_text("\n\n".join(paragraphs), encoding="utf-8")
+    return root
