@@ -36,7 +36,8 @@ def pretrain_config(objective: str, kind: str) -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         steps=1000, lr=5e-4, warmup_steps=100, schedule="cosine", end_lr_ratio=0.1, weight_decay=0.01,
         b1=0.9, b2=0.999, eps=1e-6, grad_clip=1.0, log_every=50, eval_every=250, eval_batches=8,
-        checkpoint_every=250, keep_checkpoints=2))
+        checkpoint_every=250, keep_checkpoints=2,
+        run_steps=0))  # stop this invocation after run_steps steps (0 = run to train.steps); re-run resumes
 
     # Device mesh: one -1 takes the remaining devices. Rules map logical axis names to mesh axes.
     c.mesh = ml_collections.ConfigDict(dict(axes=("data", "fsdp", "tensor"), shape=(-1, 1, 1)))

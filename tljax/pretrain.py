@@ -60,16 +60,34 @@ def setup_tokenizer(config, workdir: Path):
     if tcfg.path:
         tokenizer = tok_lib.load_tokenizer(tcfg.path)
     else:
-        t0 = time.time()
-        docs = sources.select_documents(train_documents(config.data), subsample=tcfg.train_fraction)
-        tokenizer = tok_lib.train_tokenizer(tcfg.kind, docs, tcfg.vocab_size)
-        log(f"trained a {tcfg.kind} tokenizer, {len(tokenizer)} tokens, in {time.time() - t0:.0f}s")
+        # The trainer breaks ties in hash-map order (differs between processes), so a trained tokenizer is
+        # cached per data + settings: runs of one config on one machine share the exact same vocabulary.
+        key = packing.cache_key(sources.fingerprint(config.data.source), tcfg.kind, str(tcfg.vocab_size),
+                                str(tcfg.train_fraction), str(config.data.subsample), str(config.data.holdout),
+                                config.data.eval_source)
+        cached = cache_dir() / "tokenizers" / key
+        if (cached / "tokenizer.json").exists():
+            tokenizer = tok_lib.load_tokenizer(cached)
+        else:
+            t0 = time.time()
+            docs = sources.select_documents(train_documents(config.data), subsample=tcfg.train_fraction)
+            tokenizer = tok_lib.train_tokenizer(tcfg.kind, docs, tcfg.vocab_size)
+            log(f"trained a {tcfg.kind} tokenizer, {len(tokenizer)} tokens, in {time.time() - t0:.0f}s")
+            if is_lead_process():
+                _save_tokenizer(tokenizer, cached)
     if is_lead_process():
-        tmp = workdir / "tokenizer.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tokenizer.save_pretrained(str(tmp))
-        tmp.replace(out)
+        _save_tokenizer(tokenizer, out)
     return tokenizer
+
+
+def _save_tokenizer(tokenizer, folder: Path) -> None:
+    """save_pretrained into ``folder`` atomically (a crash never leaves a half-written tokenizer)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer.save_pretrained(str(tmp))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
 
 
 def packed_sequences(docs_fn, spec_key: str, tokenizer, config) -> np.ndarray:
@@ -242,6 +260,7 @@ def run(config, workdir: str | Path) -> dict:
     writer = MetricWriter(workdir)
     total_steps = config.train.steps
     step = int(state.step)
+    stop_step = min(total_steps, step + config.train.run_steps) if config.train.run_steps else total_steps
     progress = Progress(total_steps, step, f"pretrain {config.objective}", config.train.log_every)
     tokens_per_step = batch * config.data.seq_len
     pending, last_train, last_eval = [], {}, {}
@@ -249,22 +268,25 @@ def run(config, workdir: str | Path) -> dict:
     meta = lambda s: {"data": data.position(s), "tokens_seen": s * tokens_per_step}
     try:
         with shd.mesh_context(mesh, rules):
-            while step < total_steps:
+            while step < stop_step:
                 rows = data.local_batch(step, jax.process_index(), jax.process_count())
                 state, metrics = train_step(state, device_batch(rows))
                 pending.append(metrics)
                 step += 1
                 steps_since_log += 1
-                if step % config.train.log_every == 0 or step == total_steps:
+                if step == first_step + 1:  # restart the clock: tokens/s excludes compilation
+                    jax.block_until_ready(metrics)
+                    t_log, steps_since_log = time.time(), 0
+                if step % config.train.log_every == 0 or step == stop_step:
                     fetched = jax.device_get(pending)
                     now = time.time()
                     last_train = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-                    last_train["tokens_per_second"] = steps_since_log * tokens_per_step / (now - t_log)
+                    last_train["tokens_per_second"] = steps_since_log * tokens_per_step / max(now - t_log, 1e-9)
                     writer.write(step, last_train, "train/")
                     pending, t_log, steps_since_log = [], now, 0
                     progress.update(step, {"loss": last_train["loss"], "acc": last_train["accuracy"],
                                            "tok/s": int(last_train["tokens_per_second"])})
-                if step % config.train.eval_every == 0 or step == total_steps:
+                if step % config.train.eval_every == 0 or step == stop_step:
                     last_eval = evaluate(state.params)
                     writer.write(step, last_eval, "eval/")
                     log(f"step {step}: eval loss {last_eval['loss']:.4f} (unigram {baseline:.3f}), "

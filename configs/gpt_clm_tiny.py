@@ -1,0 +1,17 @@
+"""Tiny GPT, causal-LM pretraining on the embedded offline corpus: the CPU-sized default.
+
+    tljax data prepare            # once: fetch and clean the offline corpus
+    tljax pretrain --config configs/gpt_clm_tiny.py --workdir runs/gpt_tiny
+
+Hardware: 2 CPU cores. Measured (see docs/pretraining.md): FILLED_BY_MEASUREMENT.
+"""
+from tljax.defaults import pretrain_config
+
+
+def get_config(arg=None):
+    config = pretrain_config(objective="clm", kind="gpt")
+    config.model.update(hidden_size=128, num_layers=4, num_heads=4, mlp_dim=512, max_len=128)
+    config.data.update(seq_len=128, batch_size=32, subsample=0.25)
+    config.data.tokenizer.update(kind="bpe", vocab_size=8192)
+    config.train.update(steps=1200, lr=1e-3, warmup_steps=100, eval_every=300, checkpoint_every=300)
+    return config
