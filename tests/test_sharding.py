@@ -79,6 +79,13 @@ def test_parameters_are_sharded_as_the_rules_say():
     assert mu.sharding.spec == query.sharding.spec
 
 
+def test_rules_ignore_axes_the_mesh_lacks():
+    mesh = shd.make_mesh(("data",), (8,))
+    rules = shd.rules_for_mesh(shd.DEFAULT_RULES, mesh)
+    assert dict(rules)["batch"] == "data" and dict(rules)["embed"] is None
+    assert shd.batch_sharding(mesh, shd.DEFAULT_RULES).spec == P("data", None)
+
+
 def test_mesh_errors_name_the_fix():
     with pytest.raises(ValueError, match="needs 6 devices but 8"):
         shd.make_mesh(("data", "tensor"), (3, 2))

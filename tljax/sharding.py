@@ -62,7 +62,7 @@ def make_mesh(axis_names: Sequence[str], shape: Sequence[int], devices=None) -> 
 def mesh_context(mesh: Mesh, rules):
     """Make ``mesh`` and the logical ``rules`` current, so that activation constraints
     (``nn.with_logical_constraint``) inside traced model code take effect."""
-    with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules_for_mesh(rules, mesh)):
         yield
 
 
@@ -74,14 +74,27 @@ def rules_from_config(rules) -> tuple[tuple[str, object], ...]:
     return tuple(out)
 
 
+def rules_for_mesh(rules, mesh: Mesh) -> list:
+    """The rules with mesh axes that ``mesh`` lacks removed (a mesh of only ``("data",)`` is valid)."""
+    out = []
+    for name, axes in rules:
+        if isinstance(axes, tuple):
+            kept = tuple(a for a in axes if a in mesh.axis_names)
+            axes = kept if len(kept) > 1 else (kept[0] if kept else None)
+        elif axes is not None and axes not in mesh.axis_names:
+            axes = None
+        out.append((name, axes))
+    return out
+
+
 def logical_to_sharding(logical_specs, mesh: Mesh, rules) -> object:
     """Tree of logical PartitionSpecs -> tree of NamedShardings on ``mesh``."""
-    return nn.logical_to_mesh_sharding(logical_specs, mesh, list(rules))
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules_for_mesh(rules, mesh))
 
 
 def batch_sharding(mesh: Mesh, rules, ndim: int = 2) -> NamedSharding:
     """Sharding of a [B, T, ...] batch: the batch dimension over the rules' ``batch`` axes."""
-    spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), list(rules))
+    spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), rules_for_mesh(rules, mesh))
     return NamedSharding(mesh, spec)
 
 
