@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -50,3 +51,24 @@ class Checkpoints:
         self.manager.wait_until_finished()
         self.manager.close()
 
+
+
+def read_params(checkpoint_dir: str | Path, step: int | None = None) -> tuple[dict, int]:
+    """The ``params`` of a run's checkpoint (latest step by default) as host numpy arrays, and the step.
+
+    The target tree comes from the checkpoint's own metadata, so no model needs to be built first.
+    """
+    directory = Path(checkpoint_dir).absolute()
+    mgr = ocp.CheckpointManager(directory, item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                          "meta": ocp.JsonCheckpointHandler()})
+    try:
+        step = mgr.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {directory}; run 'tljax pretrain' with that workdir first")
+        metadata = mgr.item_metadata(step)["state"]
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), dict(metadata))
+        state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    finally:
+        mgr.close()
+    return jax.tree.map(np.asarray, state["params"]), step

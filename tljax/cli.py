@@ -1,4 +1,4 @@
-"""The ``tljax`` command: ``tljax pretrain|data prepare`` … with ml-collections configs.
+"""The ``tljax`` command: ``tljax pretrain|finetune|data prepare`` … with ml-collections configs.
 
     tljax pretrain --config configs/bert_mlm_tiny.py --workdir runs/bert_tiny [--config.train.steps=300]
     tljax data prepare [--force]
@@ -18,6 +18,8 @@ USAGE = """usage: tljax COMMAND [flags]
 commands:
   pretrain --config FILE.py[:ARG] --workdir DIR [--config.FIELD=VALUE ...]
                           masked-LM or causal-LM pretraining (resumes from DIR's checkpoints)
+  finetune --config FILE.py --workdir DIR [--config.FIELD=VALUE ...]
+                          text classification by transfer (features, light, full, progressive)
   data prepare [--force]  fetch and prepare the embedded offline corpus and Rotten Tomatoes
 """
 
@@ -76,6 +78,21 @@ def cmd_pretrain(argv):
         fail("interrupted; the last checkpoint is kept, re-run the same command to resume", 130)
 
 
+def cmd_finetune(argv):
+    config, values = parse_config_flags(argv)
+    from tljax import finetune
+    from tljax.config import ConfigError
+    from tljax.data.fetch import FetchError
+    from tljax.data.sources import SourceError
+    from tljax.pretrained import PretrainedError
+    try:
+        finetune.run(config, values["workdir"])
+    except (ConfigError, SourceError, FetchError, PretrainedError, FileNotFoundError) as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+
+
 def cmd_data(argv):
     if not argv or argv[0] != "prepare" or any(a not in ("--force",) for a in argv[1:]):
         fail("usage: tljax data prepare [--force]")
@@ -87,7 +104,7 @@ def cmd_data(argv):
         fail(str(e))
 
 
-COMMANDS = {"pretrain": cmd_pretrain, "data": cmd_data}
+COMMANDS = {"pretrain": cmd_pretrain, "finetune": cmd_finetune, "data": cmd_data}
 
 
 def main(argv=None):

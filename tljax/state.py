@@ -38,18 +38,18 @@ def opt_state_shardings(tx: optax.GradientTransformation, abstract_params, param
     """Shardings for ``tx.init(params)``: each param-shaped subtree follows the params' sharding,
     everything else (step counters) is replicated."""
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    # multi_transform keeps MaskedNode placeholders where a leaf belongs to another group: keep them.
     return optax.tree_utils.tree_map_params(
-        tx, lambda _, s: s, abstract_opt, params_sharding,
+        tx, lambda value, s: value if isinstance(value, optax.MaskedNode) else s, abstract_opt, params_sharding,
         transform_non_params=lambda _: NamedSharding(mesh, PartitionSpec()),
-        is_leaf=lambda x: isinstance(x, NamedSharding))
+        is_leaf=lambda x: isinstance(x, (NamedSharding, optax.MaskedNode)))
 
 
 def create_train_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation, mesh,
-                       rules, seed: int, params_override: Callable[[Any], Any] | None = None):
+                       rules, seed: int):
     """Create the sharded TrainState and return (state, state_shardings).
 
-    init_params(rng) -> boxed params (``model.init(...)['params']``). ``params_override`` may replace
-    parts of the fresh params inside the same jitted init (e.g. with restored pretrained weights).
+    init_params(rng) -> boxed params (``model.init(...)['params']``).
     """
     abstract_params, p_shard = param_shardings(init_params, mesh, rules)
     o_shard = opt_state_shardings(tx, abstract_params, p_shard, mesh)
@@ -58,8 +58,6 @@ def create_train_state(init_params: Callable[[jax.Array], Any], tx: optax.Gradie
 
     def init(rng):
         params = nn.meta.unbox(init_params(rng))
-        if params_override is not None:
-            params = params_override(params)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           rng=jax.random.key_data(jax.random.fold_in(rng, 1)))
 

@@ -1,6 +1,6 @@
 """Model definitions: configs and Flax modules."""
 from tljax.models.layers import TransformerConfig
-from tljax.models.transformer import LanguageModel, Transformer
+from tljax.models.transformer import LanguageModel, SequenceClassifier, Transformer, pool_hidden
 
 
 def model_config(cfg_model) -> TransformerConfig:
@@ -13,4 +13,4 @@ def model_config(cfg_model) -> TransformerConfig:
     return TransformerConfig(**fields)
 
 
-__all__ = ["TransformerConfig", "LanguageModel", "Transformer", "model_config"]
+__all__ = ["TransformerConfig", "LanguageModel", "SequenceClassifier", "Transformer", "model_config", "pool_hidden"]

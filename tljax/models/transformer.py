@@ -142,3 +142,55 @@ class LanguageModel(nn.Module):
         if self.cfg.kind == "bert" and self.cfg.use_pooler and self.is_initializing():
             self.pool(hidden)  # create the pooler's parameters so checkpoints carry them
         return self.logits_from_hidden(hidden)
+
+
+def pool_hidden(hidden: jax.Array, attention_mask: jax.Array, pooling: str) -> jax.Array:
+    """hidden [B, T, H], attention_mask [B, T] -> [B, H]: the first token ("cls"), the mean over real
+    tokens ("mean"), or the last real token ("last", for causal decoders)."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.astype(hidden.dtype)
+    if pooling == "mean":
+        return (hidden * mask[..., None]).sum(1) / jnp.maximum(mask.sum(1, keepdims=True), 1.0)
+    if pooling == "last":
+        last = jnp.maximum(attention_mask.sum(1).astype(jnp.int32) - 1, 0)
+        return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+    raise ValueError(f"pooling={pooling!r} unknown; use 'cls', 'mean' or 'last'")
+
+
+class SequenceClassifier(nn.Module):
+    """Backbone (same parameter paths as LanguageModel's, so pretrained weights load by path) + pooling
+    + a new linear head ``classifier``. ids / mask [B, T] -> logits [B, C] float32.
+
+    With pooling "cls" a BERT with ``use_pooler`` uses its pretrained pooler (tanh dense on [CLS]).
+    """
+
+    cfg: TransformerConfig
+    num_classes: int
+    pooling: str = "cls"
+    head_dropout: float = 0.1
+
+    def setup(self):
+        cfg = self.cfg
+        self.backbone = Transformer(cfg, name="encoder" if cfg.kind == "bert" else "decoder")
+        if self.uses_pooler:
+            self.pooler = Pooler(cfg)
+        self.dropout = nn.Dropout(self.head_dropout)
+        self.classifier = nn.Dense(self.num_classes, param_dtype=jnp.float32,
+                                   kernel_init=normal_init(cfg.init_std, ("embed", "classes")),
+                                   bias_init=zeros_init(("classes",)))
+
+    @property
+    def uses_pooler(self) -> bool:
+        return self.cfg.kind == "bert" and self.cfg.use_pooler and self.pooling == "cls"
+
+    def features(self, input_ids, attention_mask, token_type_ids=None, deterministic=True) -> jax.Array:
+        """Pooled features [B, H] float32 (what the ``features`` strategy trains a classifier on)."""
+        hidden = self.backbone(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
+        if self.uses_pooler:
+            return self.pooler(hidden)
+        return pool_hidden(hidden.astype(jnp.float32), attention_mask, self.pooling)
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, deterministic=True) -> jax.Array:
+        pooled = self.features(input_ids, attention_mask, token_type_ids, deterministic)
+        return self.classifier(self.dropout(pooled, deterministic))

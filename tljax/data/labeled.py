@@ -1,0 +1,461 @@
+"""Labeled text-classification data for fine-tuning (``tljax finetune``).
+
+A labeled source spec is a string ``KIND:ARGS``:
+- ``csv:PATH`` — a CSV file with a header row (stdlib ``csv``: quoted commas and newlines are fine,
+  a UTF-8 byte-order mark is ignored); text and label in the columns ``text_field`` / ``label_field``.
+- ``jsonl:PATH`` — one JSON object per line (blank lines skipped) with those two fields.
+- ``tfds:name/config:split`` — a TFDS dataset read through ``tfds.data_source`` on array_record files
+  (no TensorFlow); the split may carry a slice, e.g. ``tfds:imdb_reviews:train[:80%]``.
+- ``builtin:rotten_tomatoes/SPLIT`` — the prepared Rotten Tomatoes split (``train``, ``validation``,
+  ``test``); labels come back as their names ``"rotten"`` / ``"fresh"``.
+
+``PATH`` may also be a glob; the matching files are read in sorted order.
+
+Labels may be strings or ints. :func:`load_labeled` maps them to ids by the **sorted unique training
+labels** (all-integer labels, including integer strings such as ``"10"`` in a CSV, sort numerically;
+anything else sorts as strings), except Rotten Tomatoes, which keeps ``LABEL_NAMES`` order
+(rotten=0, fresh=1). Every problem is reported as a one-line :class:`SourceError`.
+
+Subsampling (``num_labeled``) is class-balanced and seeded. Each class's examples are shuffled once
+with the seed; the labeled training set is a prefix of each class's order and the validation set
+a suffix, so for one seed the training subsets of growing ``num_labeled`` are nested and the
+validation set stays the same while there is room for it.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import hashlib
+import io
+import json
+import numbers
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from tljax.data.sources import SourceError
+
+__all__ = ["LabeledSplit", "LabeledData", "read_labeled", "load_labeled", "fingerprint_texts",
+           "SourceError"]
+
+_SPEC_KINDS = ("csv", "jsonl", "tfds", "builtin")
+_SPEC_HELP = ("csv:PATH, jsonl:PATH, tfds:name/config:split or builtin:rotten_tomatoes/SPLIT")
+_INT_RE = re.compile(r"[+-]?\d+")
+_BUILTIN_RT = "rotten_tomatoes"
+DEFAULT_NUM_VALIDATION = 500
+
+
+@dataclasses.dataclass
+class LabeledSplit:
+    """One split of labeled examples.
+
+    ``texts``: N strings; ``labels``: int32 array of shape [N], ids into ``LabeledData.label_names``.
+    """
+
+    texts: list[str]
+    labels: np.ndarray  # int32 [N]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclasses.dataclass
+class LabeledData:
+    """Train / validation / test splits with a shared label vocabulary.
+
+    ``train``: the (possibly subsampled) labeled training set, in file order.
+    ``validation``: for early stopping; drawn from training-split examples that are NOT in
+    ``train`` (never from test), stratified by class, in file order. May be empty when
+    ``num_labeled`` uses up the whole training split or ``num_validation`` is 0.
+    ``test``: the full test split, in file order.
+    ``label_names``: id -> original label as a string.
+    ``num_train_available``: size of the full training split before subsampling.
+    """
+
+    train: LabeledSplit
+    validation: LabeledSplit
+    test: LabeledSplit
+    label_names: list[str]
+    num_train_available: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def read_labeled(spec: str, text_field: str = "text", label_field: str = "label") -> tuple[list[str], list]:
+    """Read the (text, raw label) pairs of a labeled spec, in file order.
+
+    spec: ``'csv:PATH' | 'jsonl:PATH' | 'tfds:name/config:split' | 'builtin:rotten_tomatoes/<split>'``.
+    Returns ``(texts, labels)``: two lists of equal length N; texts are non-empty strings, labels are
+    the values as stored (str for CSV and the builtin set, str/int for JSONL, int for TFDS class labels).
+    Raises :class:`SourceError` for a missing file or field, an empty text, a non-UTF-8 file,
+    or an unknown spec kind.
+    """
+    kind, sep, args = str(spec).partition(":")
+    if not sep:
+        raise SourceError(f"labeled data spec {spec!r} is not of the form KIND:ARGS; use {_SPEC_HELP}")
+    if kind not in _SPEC_KINDS:
+        raise SourceError(f"labeled data spec {spec!r} has unknown kind {kind!r}; use {_SPEC_HELP}")
+    if not args.strip():
+        raise SourceError(f"labeled data spec {spec!r} names nothing after '{kind}:'; use {_SPEC_HELP}")
+    text_field = text_field or "text"
+    label_field = label_field or "label"
+    if kind == "csv":
+        return _read_files(args, spec, _read_csv, text_field, label_field)
+    if kind == "jsonl":
+        return _read_files(args, spec, _read_jsonl, text_field, label_field)
+    if kind == "tfds":
+        return _read_tfds(args, spec, text_field, label_field)
+    return _read_builtin(args, spec)
+
+
+def _files(pattern: str, spec: str) -> list[Path]:
+    pattern = os.path.expanduser(pattern.strip())
+    path = Path(pattern)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        raise SourceError(f"{pattern} (from {spec!r}) is a directory; name a file, or a glob such as "
+                          f"'{os.path.join(pattern, '*.csv')}'")
+    matched = [Path(m) for m in sorted(glob.glob(pattern, recursive=True)) if Path(m).is_file()]
+    if not matched:
+        raise SourceError(f"labeled data file {pattern} (from {spec!r}) does not exist; "
+                          "check the path in data.train / data.test")
+    return matched
+
+
+def _read_files(args, spec, reader, text_field, label_field):
+    texts, labels = [], []
+    for path in _files(args, spec):
+        t, l = reader(path, text_field, label_field)
+        if not t:
+            raise SourceError(f"{path} (from {spec!r}) holds no examples; check that it is the right file")
+        texts.extend(t)
+        labels.extend(l)
+    return texts, labels
+
+
+def _decode(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SourceError(f"cannot read {path} ({e.strerror}); check the path and its permissions") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{path} is not UTF-8 text (bad byte at offset {e.start}); "
+                          "convert it first, e.g. `iconv -f latin1 -t utf-8`") from None
+
+
+def _check_text(text, where: str, field: str) -> str:
+    if text is None or (isinstance(text, str) and not text.strip()):
+        raise SourceError(f"{where}: empty text in {field!r}; fill it in or remove the row")
+    if not isinstance(text, str):
+        raise SourceError(f"{where}: {field!r} holds a {type(text).__name__}, not text; "
+                          "set data.text_field to the text column")
+    return text
+
+
+def _check_label(label, where: str, field: str):
+    if label is None or (isinstance(label, str) and not label.strip()):
+        raise SourceError(f"{where}: empty label in {field!r}; fill it in or remove the row")
+    if not isinstance(label, (str, numbers.Integral, float)):
+        raise SourceError(f"{where}: label in {field!r} is a {type(label).__name__}; "
+                          "labels must be strings or integers")
+    return label
+
+
+def _read_csv(path: Path, text_field: str, label_field: str):
+    reader = csv.reader(io.StringIO(_decode(path), newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise SourceError(f"{path} is empty; a CSV header row with {text_field!r} and "
+                              f"{label_field!r} columns is expected")
+        columns = [c.strip() for c in header]
+        index = {}
+        for field, setting in ((text_field, "data.text_field"), (label_field, "data.label_field")):
+            if field not in columns:
+                raise SourceError(f"{path} has no column {field!r} (columns: {', '.join(columns)}); "
+                                  f"set {setting} to one of them")
+            index[field] = columns.index(field)
+        texts, labels = [], []
+        for row_number, row in enumerate(reader, 1):
+            if not row or (len(row) == 1 and not row[0].strip() and len(columns) > 1):
+                continue  # blank line
+            where = f"{path} row {row_number} (line {reader.line_num})"
+            values = {f: (row[i] if i < len(row) else None) for f, i in index.items()}
+            texts.append(_check_text(values[text_field], where, text_field))
+            labels.append(_check_label(values[label_field], where, label_field))
+    except csv.Error as e:
+        raise SourceError(f"{path} line {reader.line_num} is not valid CSV ({e}); check its quoting") from None
+    return texts, labels
+
+
+def _read_jsonl(path: Path, text_field: str, label_field: str):
+    texts, labels = [], []
+    for lineno, line in enumerate(_decode(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path} line {lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SourceError(f"{where} is not valid JSON ({e.msg}); one object per line expected") from None
+        if not isinstance(record, dict):
+            raise SourceError(f"{where} holds a JSON {type(record).__name__}, not an object; "
+                              "one object per line expected")
+        for field, setting in ((text_field, "data.text_field"), (label_field, "data.label_field")):
+            if field not in record:
+                raise SourceError(f"{where} has no field {field!r} (fields: {', '.join(map(str, record))}); "
+                                  f"set {setting} to one of them")
+        texts.append(_check_text(record[text_field], where, text_field))
+        labels.append(_check_label(record[label_field], where, label_field))
+    return texts, labels
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:300]
+
+
+def _read_tfds(args: str, spec: str, text_field: str, label_field: str):
+    name, sep, split = args.partition(":")  # dataset names hold no ':'; a split slice may
+    if not sep or not name or not split:
+        raise SourceError(f"tfds spec {spec!r} needs a dataset and a split: 'tfds:name/config:split'")
+    try:
+        import tensorflow_datasets as tfds  # imported lazily: it is slow to import
+    except ImportError:
+        raise SourceError(f"{spec!r} needs tensorflow-datasets; install it with pip "
+                          "(TensorFlow itself is not needed)") from None
+    try:
+        source = tfds.data_source(name, split=split, builder_kwargs={"file_format": "array_record"})
+    except Exception as e:  # tfds raises many types: not found, not prepared, bad split
+        raise SourceError(f"cannot open {spec!r} ({_first_line(e)}); prepare it first with "
+                          f"tfds.builder({name!r}, file_format='array_record').download_and_prepare()") from None
+    n = len(source)
+    if n == 0:
+        raise SourceError(f"{spec!r} holds no examples; check the split")
+    first = source[0]
+    for field, setting in ((text_field, "data.text_field"), (label_field, "data.label_field")):
+        if field not in first:
+            raise SourceError(f"{spec!r} has no feature {field!r} (features: {', '.join(map(str, first))}); "
+                              f"set {setting} to one of them")
+    texts, labels = [], []
+    for i in range(n):
+        record = first if i == 0 else source[i]
+        where = f"{spec} example {i}"
+        text, label = _scalar(record[text_field], where), _scalar(record[label_field], where)
+        texts.append(_check_text(text, where, text_field))
+        labels.append(_check_label(label, where, label_field))
+    return texts, labels
+
+
+def _scalar(value, where: str):
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SourceError(f"{where}: bytes are not UTF-8 text; this feature cannot be used as text") from None
+    return value
+
+
+def _read_builtin(args: str, spec: str):
+    from tljax.data import rotten_tomatoes
+    dataset, _, split = args.partition("/")
+    if dataset != _BUILTIN_RT or split not in rotten_tomatoes.SPLITS:
+        raise SourceError(f"unknown builtin labeled data {spec!r}; use builtin:{_BUILTIN_RT}/SPLIT with "
+                          f"SPLIT in {', '.join(rotten_tomatoes.SPLITS)}")
+    try:
+        texts, ids = rotten_tomatoes.load_split(split)
+    except rotten_tomatoes.NotPreparedError as e:
+        raise SourceError(str(e)) from None
+    names = rotten_tomatoes.LABEL_NAMES
+    return texts, [names[i] for i in ids.tolist()]
+
+
+# --- label vocabulary ----------------------------------------------------------------------------
+
+
+def _canonical(label) -> str:
+    """The string a raw label is known by: ``1``, ``1.0`` and ``"1"`` are all ``"1"``."""
+    if isinstance(label, bool):
+        return str(label).lower()
+    if isinstance(label, numbers.Integral):
+        return str(int(label))
+    if isinstance(label, float):
+        return str(int(label)) if label.is_integer() else repr(label)
+    label = str(label).strip()
+    return str(int(label)) if _INT_RE.fullmatch(label) else label
+
+
+def _label_names(canonical_train: list[str], fixed: tuple[str, ...] | None) -> list[str]:
+    unique = set(canonical_train)
+    if fixed is not None:
+        extra = sorted(unique - set(fixed))
+        if extra:
+            raise SourceError(f"training labels {extra} are not among the built-in labels {list(fixed)}")
+        return list(fixed)
+    if all(_INT_RE.fullmatch(u) for u in unique):
+        return sorted(unique, key=int)
+    return sorted(unique)
+
+
+def _to_ids(canonical: list[str], names: list[str], spec: str, role: str) -> np.ndarray:
+    index = {name: i for i, name in enumerate(names)}
+    unseen = sorted({c for c in canonical if c not in index})
+    if unseen:
+        count = sum(c not in index for c in canonical)
+        raise SourceError(f"{role} label {unseen[0]!r} in {spec} never appears in the training data "
+                          f"(training labels: {names}; {count} {role} example(s) with unseen labels "
+                          f"{unseen[:10]}); fix the labels or drop those rows")
+    return np.asarray([index[c] for c in canonical], dtype=np.int32)
+
+
+# --- sampling --------------------------------------------------------------------------------------
+
+
+def _allocate(total: int, capacity: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Split ``total`` units over classes in proportion to integer ``weights`` (largest remainder,
+    ties to the lower class id), never above ``capacity``; what a full class cannot take goes to
+    the others. Requires ``total <= capacity.sum()``."""
+    capacity = np.asarray(capacity, dtype=np.int64)
+    alloc = np.zeros_like(capacity)
+    left = int(total)
+    while left > 0:
+        room = capacity - alloc
+        w = np.where(room > 0, np.asarray(weights, dtype=np.int64), 0)
+        if w.sum() == 0:
+            w = (room > 0).astype(np.int64)
+        share, frac = np.divmod(left * w, w.sum())
+        rest = left - int(share.sum())
+        order = np.argsort(-frac, kind="stable")
+        for c in order[:rest]:
+            share[c] += 1  # rest < number of classes with frac > 0, all of which have room
+        give = np.minimum(share, room)
+        alloc += give
+        left -= int(give.sum())
+    return alloc
+
+
+def _select(labels: np.ndarray, num_classes: int, num_labeled: int, num_validation: int, seed: int):
+    """Indices (sorted) of the labeled training subset and the validation set."""
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
+    counts = np.asarray([len(p) for p in per_class], dtype=np.int64)
+    if num_labeled == 0:
+        # All of training, less a stratified validation set (at most half of it; every class
+        # keeps at least one training example).
+        capacity = counts - 1
+        size = min(num_validation, len(labels) // 2, int(capacity.sum()))
+        val_counts = _allocate(size, capacity, counts)
+        train_counts = counts - val_counts
+    else:
+        train_counts = _allocate(num_labeled, counts, np.ones_like(counts))  # class-balanced
+        capacity = counts - train_counts
+        val_counts = _allocate(min(num_validation, int(capacity.sum())), capacity, counts)
+    train = np.concatenate([p[:k] for p, k in zip(per_class, train_counts)])
+    val = np.concatenate([p[len(p) - k:] for p, k in zip(per_class, val_counts)])
+    return np.sort(train).astype(np.int64), np.sort(val).astype(np.int64)
+
+
+def _split(texts: list[str], labels: np.ndarray, idx: np.ndarray | None = None) -> LabeledSplit:
+    if idx is None:
+        return LabeledSplit(list(texts), np.asarray(labels, dtype=np.int32))
+    return LabeledSplit([texts[i] for i in idx], np.asarray(labels, dtype=np.int32)[idx])
+
+
+def _int_setting(data_cfg, key: str, default: int) -> int:
+    value = data_cfg.get(key, default)
+    value = default if value is None else value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or int(value) != value or value < 0:
+        raise SourceError(f"data.{key} = {value!r} must be a whole number >= 0")
+    return int(value)
+
+
+def load_labeled(data_cfg, seed: int) -> LabeledData:
+    """Load train/validation/test for fine-tuning from ``data_cfg`` (a ConfigDict or dict).
+
+    Fields (all optional, extra fields ignored): ``name`` ("rotten_tomatoes" or ""), ``train`` and
+    ``test`` specs (used when ``name`` is ""), ``text_field`` ("text"), ``label_field`` ("label"),
+    ``num_labeled`` (0 = all), ``num_validation`` (500).
+
+    ``train`` is a class-balanced sample of ``num_labeled`` examples (equal per class, the remainder
+    to the lowest class ids; a class with too few examples gives all it has and the others fill in).
+    ``validation`` is a stratified sample of ``min(num_validation, remaining)`` training examples not
+    in ``train``; with ``num_labeled=0`` it is carved out of the training split (at most half of it)
+    and the rest is ``train``. Deterministic for a given ``seed``.
+    """
+    name = data_cfg.get("name", "") or ""
+    text_field = data_cfg.get("text_field", "text") or "text"
+    label_field = data_cfg.get("label_field", "label") or "label"
+    if name:
+        if name != _BUILTIN_RT:
+            raise SourceError(f"unknown labeled dataset data.name={name!r}; use {_BUILTIN_RT!r}, or set "
+                              "data.name='' and give data.train / data.test specs")
+        train_spec, test_spec = f"builtin:{_BUILTIN_RT}/train", f"builtin:{_BUILTIN_RT}/test"
+    else:
+        train_spec, test_spec = data_cfg.get("train", "") or "", data_cfg.get("test", "") or ""
+        for key, spec in (("train", train_spec), ("test", test_spec)):
+            if not spec:
+                raise SourceError(f"data.{key} is empty; set data.name='{_BUILTIN_RT}' or data.{key} to "
+                                  f"one of {_SPEC_HELP}")
+    num_labeled = _int_setting(data_cfg, "num_labeled", 0)
+    num_validation = _int_setting(data_cfg, "num_validation", DEFAULT_NUM_VALIDATION)
+
+    train_texts, train_raw = read_labeled(train_spec, text_field, label_field)
+    test_texts, test_raw = read_labeled(test_spec, text_field, label_field)
+    fixed = None
+    if train_spec.startswith(f"builtin:{_BUILTIN_RT}/"):
+        from tljax.data.rotten_tomatoes import LABEL_NAMES
+        fixed = tuple(LABEL_NAMES)
+    train_canon = [_canonical(x) for x in train_raw]
+    label_names = _label_names(train_canon, fixed)
+    present = len(set(train_canon))
+    if present < 2:
+        raise SourceError(f"the training data {train_spec} has {present} class(es) {sorted(set(train_canon))} "
+                          f"in {label_field!r}; classification needs at least 2 (check data.label_field)")
+    train_labels = _to_ids(train_canon, label_names, train_spec, "training")
+    test_labels = _to_ids([_canonical(x) for x in test_raw], label_names, test_spec, "test")
+
+    available = len(train_texts)
+    if num_labeled and num_labeled < present:
+        raise SourceError(f"data.num_labeled={num_labeled} is smaller than the {present} classes in "
+                          f"{train_spec}; use at least {present} (or 0 for all)")
+    if num_labeled > available:
+        raise SourceError(f"data.num_labeled={num_labeled} is larger than the {available} training "
+                          f"examples in {train_spec}; use at most {available} (or 0 for all)")
+    train_idx, val_idx = _select(train_labels, len(label_names), num_labeled, num_validation, seed)
+    return LabeledData(
+        train=_split(train_texts, train_labels, train_idx),
+        validation=_split(train_texts, train_labels, val_idx),
+        test=_split(test_texts, test_labels),
+        label_names=list(label_names),
+        num_train_available=available,
+    )
+
+
+def fingerprint_texts(texts: list[str]) -> str:
+    """A stable sha1 hex digest (40 chars) of a list of texts, in order; for cache keys.
+
+    Each text is length-prefixed, so ``["ab", "c"]`` and ``["a", "bc"]`` differ.
+    """
+    h = hashlib.sha1(b"tljax-texts-v1")
+    h.update(len(texts).to_bytes(8, "little"))
+    for text in texts:
+        data = text.encode("utf-8")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()

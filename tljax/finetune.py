@@ -1,0 +1,352 @@
+"""Fine-tuning and feature-based transfer for text classification.
+
+Sections: (1) start point and data, (2) the ``features`` strategy (frozen encoder → cached pooled features
+→ linear probe), (3) gradient strategies (``light``, ``full``, ``progressive``, optional layer-wise rates)
+as one sharded train step, (4) forgetting of the pretraining objective, (5) summary.
+Resume order for weights: ``init_from`` checkpoint (backbone + pooler) → fresh head; ``none`` → all fresh.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import flax.linen as nn
+from flax import traverse_util
+
+from tljax import config as config_lib
+from tljax import sharding as shd
+from tljax import optim, transfer
+from tljax.data import labeled, packing
+from tljax.data import tokenizer as tok_lib
+from tljax.data.fetch import cache_dir
+from tljax.metrics import MetricWriter, Progress, is_lead_process
+from tljax.models import LanguageModel, SequenceClassifier
+from tljax.pretrained import Pretrained, PretrainedError, resolve
+from tljax.state import create_train_state, count_params, tree_bytes
+
+log = lambda msg: print(msg, flush=True) if is_lead_process() else None
+
+
+# ----------------------------------------------------------------------------------------------------
+# (1) Inputs
+# ----------------------------------------------------------------------------------------------------
+def encode_texts(tokenizer, texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """texts -> (input_ids, attention_mask), both int32 [N, max_len] (truncated, right-padded)."""
+    enc = tokenizer(list(texts), max_length=max_len, truncation=True, padding="max_length")
+    return np.asarray(enc["input_ids"], np.int32), np.asarray(enc["attention_mask"], np.int32)
+
+
+def merge_pretrained(fresh: dict, pretrained: dict, new_prefixes=("classifier",)) -> tuple[dict, list[str]]:
+    """Copy every pretrained leaf whose path the classifier also has; keep the fresh leaves under
+    ``new_prefixes`` (the new head). Returns (params, paths kept fresh). Raises PretrainedError listing
+    every path whose shape differs or that one side lacks (other than the LM head, which a classifier
+    does not use, and a pooler that the checkpoint lacks, which starts fresh)."""
+    fresh_flat = traverse_util.flatten_dict(fresh)
+    ckpt_flat = traverse_util.flatten_dict(pretrained)
+    merged, kept_fresh, problems = {}, [], []
+    for path, value in fresh_flat.items():
+        name = "/".join(path)
+        if path[0] in new_prefixes:
+            merged[path] = value
+            kept_fresh.append(name)
+        elif path not in ckpt_flat:
+            if path[0] == "pooler":
+                merged[path] = value
+                kept_fresh.append(name)
+            else:
+                problems.append(f"{name}: model {tuple(value.shape)}, missing in checkpoint")
+        elif tuple(ckpt_flat[path].shape) != tuple(value.shape):
+            problems.append(f"{name}: checkpoint {tuple(ckpt_flat[path].shape)} vs model {tuple(value.shape)}")
+        else:
+            merged[path] = np.asarray(ckpt_flat[path], dtype=value.dtype)
+    for path, value in ckpt_flat.items():
+        if path[0] in ("encoder", "decoder") and path not in fresh_flat:
+            problems.append(f"{'/'.join(path)}: checkpoint {tuple(value.shape)}, missing in model")
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; … {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise PretrainedError(f"checkpoint does not fit the model ({len(problems)} parameter(s)): {shown}")
+    return traverse_util.unflatten_dict(merged), kept_fresh
+
+
+def pooling_for(config, kind: str) -> str:
+    if config.pooling == "auto":
+        return "cls" if kind == "bert" else "last"
+    return config.pooling
+
+
+def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
+    from sklearn.metrics import f1_score
+    return float(f1_score(labels, predictions, labels=list(range(num_classes)), average="macro", zero_division=0))
+
+
+# ----------------------------------------------------------------------------------------------------
+# (2) Feature-based transfer
+# ----------------------------------------------------------------------------------------------------
+def extract_features(model: SequenceClassifier, params, ids: np.ndarray, mask: np.ndarray,
+                     batch: int = 128) -> np.ndarray:
+    """Pooled features [N, H] float32 of a frozen encoder, in batches (the last one padded)."""
+    fn = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, method=SequenceClassifier.features))
+    out = []
+    for lo in range(0, len(ids), batch):
+        i, m = ids[lo: lo + batch], mask[lo: lo + batch]
+        pad = batch - len(i)
+        if pad:
+            i, m = np.pad(i, ((0, pad), (0, 0))), np.pad(m, ((0, pad), (0, 0)))
+        out.append(np.asarray(fn(params, i, m))[: batch - pad])
+    return np.concatenate(out) if out else np.zeros((0, model.cfg.hidden_size), np.float32)
+
+
+def cached_features(key_parts: list[str], compute) -> np.ndarray:
+    key = hashlib.sha1("|".join(key_parts).encode()).hexdigest()[:20]
+    return packing.cached_array(cache_dir() / "features" / f"{key}.npy", compute)
+
+
+def fit_probe(cfg, features: dict, labels: dict, seed: int) -> dict:
+    """Train the simple classifier on frozen features; choose its regularisation on validation.
+
+    features / labels: {"train", "validation", "test"} -> [N, H] / [N]. Returns predictions and a curve.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    curve, best = [], None
+    for c in cfg.probe.c_grid:
+        if cfg.probe.kind == "logreg":
+            clf = LogisticRegression(C=c, max_iter=2000)
+        elif cfg.probe.kind == "mlp":
+            clf = MLPClassifier(hidden_layer_sizes=(cfg.probe.mlp_hidden,), alpha=1.0 / c, max_iter=500,
+                                random_state=seed)
+        else:
+            raise config_lib.ConfigError(f"probe.kind={cfg.probe.kind!r} unknown; use 'logreg' or 'mlp'")
+        model = make_pipeline(StandardScaler(), clf).fit(features["train"], labels["train"])
+        acc = float(model.score(features["validation"], labels["validation"])) if len(labels["validation"]) else 0.0
+        curve.append({"C": c, "accuracy": acc})
+        if best is None or acc > best[0]:
+            best = (acc, c, model)
+    _, c, model = best
+    trainable = sum(int(np.size(a)) for est in model.steps[1:] for a in
+                    (getattr(est[1], "coef_", None), getattr(est[1], "intercept_", None),
+                     *getattr(est[1], "coefs_", []), *getattr(est[1], "intercepts_", [])) if a is not None)
+    return {"test_predictions": model.predict(features["test"]), "validation_curve": curve, "best_C": c,
+            "probe_parameters": trainable}
+
+
+# ----------------------------------------------------------------------------------------------------
+# (3) Gradient-based fine-tuning
+# ----------------------------------------------------------------------------------------------------
+def make_classifier_step(model: SequenceClassifier, tx: optax.GradientTransformation, schedule):
+    def loss_fn(params, ids, mask, labels, rng):
+        logits = model.apply({"params": params}, ids, mask, deterministic=False, rngs={"dropout": rng})
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, (logits.argmax(-1) == labels).mean()
+
+    def train_step(state, ids, mask, labels):
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, ids, mask, labels, rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads),
+                   "learning_rate": schedule(state.step)}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def predict(model: SequenceClassifier, params, ids: np.ndarray, mask: np.ndarray, labels: np.ndarray,
+            batch: int, device_batch) -> tuple[np.ndarray, float]:
+    """(predicted class ids [N], mean cross-entropy) over a whole split, batch by batch."""
+    fn = predict.cache.setdefault(id(model), jax.jit(
+        lambda p, i, m: model.apply({"params": p}, i, m, deterministic=True)))
+    preds, losses = [], []
+    for lo in range(0, len(ids), batch):
+        i, m, y = ids[lo: lo + batch], mask[lo: lo + batch], labels[lo: lo + batch]
+        n = len(i)
+        if n < batch:
+            i, m = np.pad(i, ((0, batch - n), (0, 0))), np.pad(m, ((0, batch - n), (0, 0)))
+        logits = np.asarray(jax.device_get(fn(params, device_batch(i), device_batch(m))))[:n]
+        preds.append(logits.argmax(-1))
+        logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        losses.append(logz - logits[np.arange(n), y])
+    return np.concatenate(preds), float(np.concatenate(losses).mean())
+
+
+predict.cache = {}
+
+
+# ----------------------------------------------------------------------------------------------------
+# (4) Forgetting
+# ----------------------------------------------------------------------------------------------------
+def pretraining_loss(pre: Pretrained, params: dict, num_sequences: int, batch: int) -> float | None:
+    """Loss of the pretraining objective (MLM or CLM, with the checkpoint's LM head) on the pretraining
+    run's held-out text, for the given LanguageModel params. None when that text is not available."""
+    from tljax import pretrain
+    cfg = ml_collections.ConfigDict(pre.config)
+    try:
+        eval_key = (pretrain.sources.fingerprint(cfg.data.eval_source) if cfg.data.eval_source else
+                    pretrain.sources.fingerprint(cfg.data.source) + f"|train|{cfg.data.subsample}|{cfg.data.holdout}|holdout")
+        seqs = pretrain.packed_sequences(lambda: pretrain.eval_documents(cfg.data), eval_key, pre.tokenizer, cfg)
+    except (FileNotFoundError, ValueError) as e:
+        log(f"forgetting not measured: the pretraining eval text is unavailable ({e})")
+        return None
+    seqs = seqs[: max(batch, num_sequences // batch * batch)]
+    model = LanguageModel(pre.model)
+    specials = jnp.asarray(tok_lib.special_ids(pre.tokenizer), jnp.int32)
+    loss_fn = pretrain.make_loss_fn(model, cfg, specials, len(pre.tokenizer),
+                                    pre.tokenizer.mask_token_id if cfg.objective == "mlm" else 0)
+    step = jax.jit(pretrain.make_eval_step(loss_fn, cfg.seed))
+    totals = np.zeros(3)
+    for i in range(len(seqs) // batch):
+        totals += np.asarray(step(params, jnp.asarray(seqs[i * batch: (i + 1) * batch]), i))
+    return float(totals[0] / totals[2])
+
+
+def with_backbone(lm_params: dict, classifier_params: dict) -> dict:
+    """LanguageModel params whose backbone is the fine-tuned one (LM head kept from the checkpoint)."""
+    out = dict(lm_params)
+    for name in ("encoder", "decoder"):
+        if name in classifier_params:
+            out[name] = jax.device_get(classifier_params[name])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------------
+def run(config, workdir: str | Path) -> dict:
+    """Fine-tune (or probe) per ``config`` into ``workdir``; returns and writes ``summary.json``."""
+    t_start = time.time()
+    workdir = Path(workdir)
+    if config.strategy not in transfer.STRATEGIES:
+        raise config_lib.ConfigError(f"strategy={config.strategy!r} unknown; use one of {', '.join(transfer.STRATEGIES)}")
+    if config.init_from == "none" and config.strategy != "full":
+        raise config_lib.ConfigError("init_from=none is the from-scratch baseline: use strategy=full with it")
+    pre = resolve(config.init_from, config.model_like)
+    data = labeled.load_labeled(config.data, config.seed)
+    num_classes = len(data.label_names)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_lib.save_config(config, workdir)
+    pooling = pooling_for(config, pre.model.kind)
+    model = SequenceClassifier(pre.model, num_classes, pooling=pooling, head_dropout=config.head_dropout)
+    encoded = {name: encode_texts(pre.tokenizer, split.texts, config.data.max_len)
+               for name, split in (("train", data.train), ("validation", data.validation), ("test", data.test))}
+    y = {"train": data.train.labels, "validation": data.validation.labels, "test": data.test.labels}
+    log(f"data: {len(y['train'])} labeled train, {len(y['validation'])} validation, {len(y['test'])} test; "
+        f"{num_classes} classes {data.label_names}; start: {config.init_from}, strategy: {config.strategy}")
+
+    fresh = model.init(jax.random.key(config.seed), encoded["train"][0][:1], encoded["train"][1][:1])["params"]
+    fresh = jax.tree.map(np.asarray, nn.meta.unbox(fresh))
+    if pre.params is not None:
+        start_params, kept_fresh = merge_pretrained(fresh, pre.params)
+        if any(p.startswith("pooler") for p in kept_fresh):
+            log("note: the checkpoint has no pooler; it starts fresh")
+    else:
+        start_params = fresh
+    summary = {"strategy": config.strategy, "init_from": config.init_from, "pooling": pooling,
+               "num_labeled": int(len(y["train"])), "num_validation": int(len(y["validation"])),
+               "num_test": int(len(y["test"])), "label_names": data.label_names, "seed": config.seed}
+
+    if config.strategy == "features":
+        summary.update(_run_features(config, model, start_params, pre, data, encoded, y))
+    else:
+        summary.update(_run_gradient(config, model, start_params, pre, encoded, y, num_classes, workdir))
+
+    summary["test_macro_f1"] = macro_f1(y["test"], summary.pop("test_predictions"), num_classes)
+    summary["wall_seconds"] = time.time() - t_start
+    if is_lead_process():
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log(f"test accuracy {summary['test_accuracy']:.4f}, macro-F1 {summary['test_macro_f1']:.4f} "
+        f"({config.strategy}, {summary['num_labeled']} labels, {summary['wall_seconds']:.0f}s)")
+    return summary
+
+
+def _run_features(config, model, params, pre: Pretrained, data, encoded, y) -> dict:
+    t0 = time.time()
+    feats = {}
+    for name, (ids, mask) in encoded.items():
+        texts = getattr(data, name).texts
+        key = [pre.fingerprint, labeled.fingerprint_texts(texts), model.pooling, str(config.data.max_len)]
+        feats[name] = cached_features(key, lambda: extract_features(model, params, ids, mask))
+    log(f"features {feats['train'].shape[1]}-d for {sum(len(f) for f in feats.values())} texts in {time.time() - t0:.1f}s")
+    probe = fit_probe(config, feats, y, config.seed)
+    preds = probe["test_predictions"]
+    encoder = {k: v for k, v in params.items() if k != "classifier"}
+    return {"test_accuracy": float((preds == y["test"]).mean()), "test_predictions": preds,
+            "validation_curve": probe["validation_curve"], "best_C": probe["best_C"],
+            "trainable_params": probe["probe_parameters"], "frozen_params": count_params(encoder),
+            "optimizer_state_bytes": 0, "feature_seconds": time.time() - t0, "forgetting": None}
+
+
+def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, num_classes, workdir) -> dict:
+    L = pre.model.num_layers
+    plan = transfer.plan_strategy(config.strategy, L, unfrozen_layers=config.unfrozen_layers,
+                                  layer_lr_decay=config.layer_lr_decay, unfreeze_every=config.unfreeze_every)
+    tx, labels = transfer.make_transfer_optimizer(config.train, start_params, L, plan)
+    schedule = optim.lr_schedule(config.train)
+    mesh = shd.make_mesh(config.mesh.axes, config.mesh.shape)
+    rules = shd.rules_from_config(config.sharding_rules)
+    ids0, mask0 = encoded["train"][0][:1], encoded["train"][1][:1]
+    state, sharding = create_train_state(lambda r: model.init(r, ids0, mask0)["params"], tx, mesh, rules, config.seed)
+    state = state.replace(params=jax.device_put(start_params, sharding.params))
+    trainable, frozen = transfer.trainable_counts(start_params, labels, plan)
+    opt_bytes = tree_bytes(state.opt_state)
+    log(f"{trainable:,} trainable / {frozen:,} frozen parameters; optimizer state {opt_bytes / 1e6:.2f} MB")
+
+    batch_sharding = shd.batch_sharding(mesh, rules)
+    vec_sharding = shd.batch_sharding(mesh, rules, ndim=1)
+    step_fn = jax.jit(make_classifier_step(model, tx, schedule),
+                      in_shardings=(sharding, batch_sharding, batch_sharding, vec_sharding),
+                      out_shardings=(sharding, shd.replicated(mesh)), donate_argnums=0)
+    put = lambda a: jax.make_array_from_process_local_data(batch_sharding if a.ndim == 2 else vec_sharding, a)
+    B = config.data.batch_size
+    order = packing.PackedBatches(np.arange(len(y["train"]))[:, None], B, config.seed)
+
+    before = None
+    if config.forgetting.enabled and pre.params is not None:
+        before = pretraining_loss(pre, pre.params, config.forgetting.sequences, config.forgetting.batch_size)
+
+    writer = MetricWriter(workdir)
+    progress = Progress(config.train.steps, 0, f"finetune {config.strategy}", config.train.log_every)
+    curve, best, stale = [], (-1.0, 0, None), 0
+    ids_tr, mask_tr = encoded["train"]
+    with shd.mesh_context(mesh, rules):
+        for step in range(1, config.train.steps + 1):
+            idx = order.local_batch(step - 1, jax.process_index(), jax.process_count())[:, 0]
+            state, metrics = step_fn(state, put(ids_tr[idx]), put(mask_tr[idx]), put(y["train"][idx]))
+            if step % config.train.eval_every == 0 or step == config.train.steps:
+                preds, vloss = predict(model, state.params, *encoded["validation"], y["validation"], B * 4, put)
+                vacc = float((preds == y["validation"]).mean()) if len(preds) else 0.0
+                m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                curve.append({"step": step, "accuracy": vacc, "loss": vloss, "train_loss": m["loss"]})
+                writer.write(step, {"loss": m["loss"], "learning_rate": m["learning_rate"]}, "train/")
+                writer.write(step, {"accuracy": vacc, "loss": vloss}, "validation/")
+                progress.update(step, {"loss": m["loss"], "val_acc": vacc})
+                if vacc > best[0]:
+                    best, stale = (vacc, step, jax.device_get(state.params)), 0
+                else:
+                    stale += 1
+                    if config.train.patience and stale >= config.train.patience:
+                        log(f"early stop at step {step}: no validation gain for {stale} evaluations")
+                        break
+    progress.close()
+    writer.close()
+    compilations = step_fn._cache_size()
+    best_acc, best_step, best_params = best
+    preds, _ = predict(model, jax.device_put(best_params, sharding.params), *encoded["test"], y["test"], B * 4, put)
+    forgetting = None
+    if before is not None:
+        after = pretraining_loss(pre, with_backbone(pre.params, best_params), config.forgetting.sequences,
+                                 config.forgetting.batch_size)
+        forgetting = {"pretrain_loss_before": before, "pretrain_loss_after": after, "increase": after - before}
+    return {"test_accuracy": float((preds == y["test"]).mean()), "test_predictions": preds,
+            "validation_curve": curve, "best_step": best_step, "best_validation_accuracy": best_acc,
+            "trainable_params": trainable, "frozen_params": frozen, "optimizer_state_bytes": opt_bytes,
+            "train_step_compilations": compilations, "forgetting": forgetting}
