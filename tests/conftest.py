@@ -40,3 +40,17 @@ def text_corpus(tmp_path_factory):
             paragraphs.append(" ".join(sentences))
         (root / f"part{f}.txt").write_text("\n\n".join(paragraphs), encoding="utf-8")
     return root
+
+
+def tiny_pretrain_config(objective, kind, corpus, **train):
+    """A 2-layer, 32-wide model on ``corpus`` (a folder of .txt files): a pretraining run in seconds."""
+    from tljax.defaults import pretrain_config
+    c = pretrain_config(objective, kind)
+    c.model.update(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64, max_len=32)
+    c.data.update(source=f"text:{corpus}/*.txt", eval_source="", holdout=0.1, seq_len=32, batch_size=8)
+    c.data.tokenizer.update(vocab_size=300)
+    c.train.update(steps=12, warmup_steps=2, lr=3e-3, log_every=3, eval_every=6, checkpoint_every=6,
+                   eval_batches=2)
+    c.train.update(**train)
+    c.mesh.shape = (1, 1, 1)  # one of the 8 test devices: keeps the run small
+    return c

@@ -329,7 +329,8 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, num_
                 writer.write(step, {"loss": m["loss"], "learning_rate": m["learning_rate"]}, "train/")
                 writer.write(step, {"accuracy": vacc, "loss": vloss}, "validation/")
                 progress.update(step, {"loss": m["loss"], "val_acc": vacc})
-                if vacc > best[0]:
+                # Without a validation set there is nothing to select on: the last step is kept.
+                if vacc > best[0] or not len(y["validation"]):
                     best, stale = (vacc, step, jax.device_get(state.params)), 0
                 else:
                     stale += 1

@@ -1,0 +1,99 @@
+"""End-to-end fine-tuning from a tiny pretraining run on a user CSV file, with every strategy."""
+import csv
+import json
+
+import numpy as np
+import jax
+import pytest
+
+from conftest import tiny_pretrain_config
+from tljax import finetune, pretrain
+from tljax.config import ConfigError
+from tljax.pretrained import PretrainedError
+
+import importlib.util
+import pathlib
+
+# The shipped config file is what users run: the tests start from it too.
+_spec = importlib.util.spec_from_file_location(
+    "finetune_classify", pathlib.Path(__file__).parents[1] / "configs" / "finetune_classify.py")
+_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_module)
+
+
+@pytest.fixture(autouse=True)
+def one_device(monkeypatch):
+    monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1] if not a else jax.local_devices(*a)[:1])
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(text_corpus, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("pretrained")
+    with pytest.MonkeyPatch.context() as mp:  # module scope: the function-scoped fixtures are not active yet
+        mp.setenv("TLJAX_DATA_DIR", str(tmp_path_factory.mktemp("cache")))
+        mp.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
+        pretrain.run(tiny_pretrain_config("mlm", "bert", text_corpus, steps=20), workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def csv_task(tmp_path_factory):
+    """A sentiment-like task: label "pos" texts contain "great", "neg" texts contain "little"."""
+    root = tmp_path_factory.mktemp("task")
+    rng = np.random.default_rng(0)
+    filler = "the of and to in a is that for it as was with be by on not he this are".split()
+    for name, n in (("train", 200), ("test", 60)):
+        with open(root / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["sentence", "sentiment"])
+            for i in range(n):
+                label = ["neg", "pos"][i % 2]
+                words = list(rng.choice(filler, 8)) + ["great" if label == "pos" else "little"]
+                rng.shuffle(words)
+                w.writerow([" ".join(words), label])
+    return root
+
+
+def ft_config(run, task, strategy, **kw):
+    c = _module.get_config()
+    c.init_from = str(run)
+    c.strategy = strategy
+    c.data.update(name="", train=f"csv:{task}/train.csv", test=f"csv:{task}/test.csv", text_field="sentence",
+                  label_field="sentiment", num_labeled=40, num_validation=40, max_len=16, batch_size=8)
+    c.train.update(steps=60, lr=3e-3, warmup_steps=5, eval_every=20, log_every=20)
+    c.unfreeze_every = 10
+    c.mesh.shape = (1, 1, 1)
+    c.forgetting.update(sequences=16, batch_size=8)
+    c.update(kw)
+    return c
+
+
+@pytest.mark.parametrize("strategy", ["features", "light", "full", "progressive"])
+def test_strategies_on_a_csv_task(strategy, pretrained_run, csv_task, tmp_path):
+    summary = finetune.run(ft_config(pretrained_run, csv_task, strategy), tmp_path)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["test_accuracy"] == summary["test_accuracy"] and saved["num_labeled"] == 40
+    assert saved["label_names"] == ["neg", "pos"]
+    for key in ("test_macro_f1", "validation_curve", "trainable_params", "frozen_params",
+                "optimizer_state_bytes", "wall_seconds"):
+        assert key in saved, key
+    if strategy != "features":
+        assert saved["train_step_compilations"] == 1
+        f = saved["forgetting"]
+        assert f["pretrain_loss_before"] > 0 and np.isclose(f["increase"], f["pretrain_loss_after"] - f["pretrain_loss_before"])
+    if strategy == "light":
+        assert saved["frozen_params"] > 0 and saved["optimizer_state_bytes"] < 2 * 4 * saved["trainable_params"] + 1024
+    if strategy == "full":
+        assert saved["frozen_params"] == 0 and saved["test_accuracy"] >= 0.75  # the marker word is learnable
+
+
+def test_scratch_baseline_and_errors(pretrained_run, csv_task, tmp_path):
+    c = ft_config(pretrained_run, csv_task, "full", init_from="none", model_like=str(pretrained_run))
+    summary = finetune.run(c, tmp_path / "scratch")
+    assert summary["forgetting"] is None and summary["trainable_params"] > 0
+    with pytest.raises(PretrainedError, match="needs model_like"):
+        finetune.run(ft_config(pretrained_run, csv_task, "full", init_from="none"), tmp_path / "x")
+    with pytest.raises(PretrainedError, match="not a tljax pretraining run"):
+        finetune.run(ft_config(tmp_path, csv_task, "full"), tmp_path / "y")
+    with pytest.raises(ConfigError, match="strategy='fancy' unknown"):
+        finetune.run(ft_config(pretrained_run, csv_task, "fancy"), tmp_path / "z")
