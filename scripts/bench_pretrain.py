@@ -280,6 +280,18 @@ class CpuMeter:
         return (max(0.0, (t1[0] - self._t0[0]) - (t1[2] - self._t0[2])) / wall, (t1[1] - self._t0[1]) / wall)
 
 
+def wait_until_idle(max_other_cores: float, max_wait_s: float) -> float:
+    """Sleep until other processes keep fewer than ``max_other_cores`` cores busy over one second, or
+    ``max_wait_s`` has passed. Returns the seconds waited."""
+    t0, meter = time.perf_counter(), CpuMeter()
+    while time.perf_counter() - t0 < max_wait_s:
+        meter.start()
+        time.sleep(1.0)
+        if sum(meter.stop()) <= max_other_cores:
+            break
+    return time.perf_counter() - t0
+
+
 def step_matmul_shapes(s: dict, head_positions: int) -> list[tuple[int, int, int, int, int]]:
     """The train step's matmuls as (count, batch, m, k, n): every dense layer forward, its input gradient
     and its weight gradient; attention scores and mixing (forward and both backward products)."""
@@ -321,7 +333,7 @@ def matmul_only_seconds(s: dict, head_positions: int, reps: int = 3) -> float:
 # Driver
 # ----------------------------------------------------------------------------------------------------
 def bench_size(name: str, s: dict, rounds: int, steps: int, mm: Matmul, torch_attn: str,
-               max_other_cores: float, max_retries: int) -> dict:
+               max_other_cores: float, max_retries: int, wait_idle_s: float) -> dict:
     tokens = s["batch"] * s["seq"]
     seqs = synthetic_sequences(s, rows=max(64 * s["batch"], 1024))
     t0 = time.perf_counter()
@@ -341,7 +353,9 @@ def bench_size(name: str, s: dict, rounds: int, steps: int, mm: Matmul, torch_at
             "other_cores", "steal_cores")
     kept, busy_rows, attempt = [], [], 0
     meter = CpuMeter()
+    waited = 0.0
     while len(kept) < rounds and attempt < rounds + max_retries:
+        waited += wait_until_idle(max_other_cores, wait_idle_s)
         meter.start()
         row = {"matmul_jax": mm.jax(), "matmul_torch": mm.pytorch()}
         for fw in (("tljax", "pytorch") if attempt % 2 == 0 else ("pytorch", "tljax")):
@@ -367,6 +381,7 @@ def bench_size(name: str, s: dict, rounds: int, steps: int, mm: Matmul, torch_at
     per_round = {k: [row[k] for row in kept] for k in keys}
 
     input_s = tl.input_pipeline(20)
+    waited += wait_until_idle(max_other_cores, wait_idle_s)
     mm_only = matmul_only_seconds(s, p_slots)
     med = statistics.median
     out = {"config": s, "tokens_per_step": tokens, "prediction_slots": p_slots,
@@ -375,6 +390,7 @@ def bench_size(name: str, s: dict, rounds: int, steps: int, mm: Matmul, torch_at
            "ratio_tljax_over_pytorch": med(per_round["ratio"]),
            "ratio_best_rounds": min(per_round["pytorch"]) / min(per_round["tljax"]),
            "other_cores_median": med(per_round["other_cores"]), "rounds_discarded": discarded,
+           "seconds_waited_for_idle": waited,
            "input_pipeline_ms": input_s * 1e3,
            "tljax_matmuls_alone_ms": mm_only * 1e3,
            "losses": {"tljax": tl.last_loss, "pytorch": pt.last_loss}, "rounds": per_round}
@@ -433,6 +449,8 @@ def main(argv=None) -> int:
                     help="a round during which other processes kept more CPU cores than this busy is "
                          "discarded and repeated (the machine is shared)")
     ap.add_argument("--max-retries", type=int, default=3, help="extra rounds allowed per size (0: keep all)")
+    ap.add_argument("--wait-idle", type=float, default=20.0,
+                    help="before each round, wait up to this many seconds for other processes to go idle")
     ap.add_argument("--json", default="", help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -457,7 +475,7 @@ def main(argv=None) -> int:
     for name in sizes:
         s = SIZES[name]
         results[name] = bench_size(name, s, args.rounds, args.steps or s["steps"], mm, args.torch_attn,
-                                   args.max_other_cores, args.max_retries)
+                                   args.max_other_cores, args.max_retries, args.wait_idle)
     print()
     print(table(results))
     print(f"total {time.perf_counter() - t_start:.0f}s", flush=True)

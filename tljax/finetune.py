@@ -76,9 +76,13 @@ def merge_pretrained(fresh: dict, pretrained: dict, new_prefixes=("classifier",)
 
 
 def pooling_for(config, kind: str) -> str:
-    if config.pooling == "auto":
-        return "cls" if kind == "bert" else "last"
-    return config.pooling
+    """``auto``: mean for frozen features (MLM pretraining never trains the pooler, so [CLS] features are
+    poor), else the pooler on [CLS] for BERT and the last token for GPT."""
+    if config.pooling != "auto":
+        return config.pooling
+    if config.strategy == "features":
+        return "mean"
+    return "cls" if kind == "bert" else "last"
 
 
 def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
