@@ -91,3 +91,23 @@ def test_cached_array_is_written_once(tmp_path):
     b = packing.cached_array(tmp_path / "x.npy", build)
     np.testing.assert_array_equal(a, b)
     assert calls == [1] and list(tmp_path.iterdir()) == [tmp_path / "x.npy"]
+
+
+def test_tfds_source_reads_array_record_without_tensorflow(tmp_path, monkeypatch):
+    """A real TFDS builder (the embedded corpus, here on a two-document stand-in) prepared as
+    array_record and read back through ``tfds:`` with ``tfds.data_source``."""
+    corpus_dir = tmp_path / "cache" / "corpus"
+    corpus_dir.mkdir(parents=True)
+    docs = {"train": ["first train document", "second train document"], "eval": ["held out text"]}
+    for split, texts in docs.items():
+        (corpus_dir / f"{split}.jsonl").write_text("".join(json.dumps({"text": t, "source": "x"}) + "\n" for t in texts))
+    from tljax.data import corpus
+    monkeypatch.setattr(corpus, "corpus_paths", lambda: {s: corpus_dir / f"{s}.jsonl" for s in docs})
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    import sys
+    assert "tensorflow" not in sys.modules
+    got = list(sources.iter_documents("tfds:tljax_corpus:train"))
+    assert sorted(got) == sorted(docs["train"])
+    assert list(sources.iter_documents("tfds:tljax_corpus:eval@text")) == docs["eval"]
+    assert any((tmp_path / "tfds").rglob("*.array_record*"))
+    assert "tensorflow" not in sys.modules

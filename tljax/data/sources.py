@@ -82,6 +82,8 @@ def _tfds_documents(args: str) -> Iterator[str]:
         raise SourceError(f"tfds source {args!r} needs a split: 'tfds:name/config:split'")
     name, split = args.rsplit(":", 1)
     import tensorflow_datasets as tfds  # imported lazily: it is slow to import
+    if name.split("/")[0] == "tljax_corpus":
+        from tljax.data import tfds_corpus  # noqa: F401  registers the builder
     source = tfds.data_source(name, split=split, builder_kwargs={"file_format": "array_record"})
     for i in range(len(source)):
         value = source[i][field]
