@@ -24,7 +24,8 @@ def pretrain_config(objective: str, kind: str) -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "builtin:corpus"  # text:GLOB | jsonl:GLOB[@field] | tfds:name/config:split | builtin:corpus
-    c.data.eval_source = "builtin:corpus_eval"  # "" = hold out data.holdout of data.source's documents
+    # "" = builtin:corpus_eval when training on builtin:corpus, else data.holdout of data.source's documents
+    c.data.eval_source = ""
     c.data.holdout = 0.01
     c.data.subsample = 1.0  # keep this fraction of documents (by text hash); tiny configs use less
     c.data.seq_len = 128

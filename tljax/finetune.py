@@ -195,8 +195,7 @@ def pretraining_loss(pre: Pretrained, params: dict, num_sequences: int, batch: i
     from tljax import pretrain
     cfg = ml_collections.ConfigDict(pre.config)
     try:
-        eval_key = (pretrain.sources.fingerprint(cfg.data.eval_source) if cfg.data.eval_source else
-                    pretrain.sources.fingerprint(cfg.data.source) + f"|train|{cfg.data.subsample}|{cfg.data.holdout}|holdout")
+        _, eval_key = pretrain.data_keys(cfg.data)
         seqs = pretrain.packed_sequences(lambda: pretrain.eval_documents(cfg.data), eval_key, pre.tokenizer, cfg)
     except (FileNotFoundError, ValueError) as e:
         log(f"forgetting not measured: the pretraining eval text is unavailable ({e})")

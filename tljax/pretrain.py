@@ -37,17 +37,32 @@ def log(msg: str) -> None:
 # ----------------------------------------------------------------------------------------------------
 # Tokenizer and data
 # ----------------------------------------------------------------------------------------------------
+def eval_source(data_cfg) -> str:
+    """The held-out source: ``data.eval_source``, else the built-in corpus's own eval split when training
+    on it, else "" (hold out ``data.holdout`` of the training documents by text hash)."""
+    if data_cfg.eval_source:
+        return data_cfg.eval_source
+    return "builtin:corpus_eval" if data_cfg.source == "builtin:corpus" else ""
+
+
 def train_documents(data_cfg):
     docs = sources.iter_documents(data_cfg.source)
-    holdout = data_cfg.holdout if not data_cfg.eval_source else 0.0
+    holdout = 0.0 if eval_source(data_cfg) else data_cfg.holdout
     return sources.select_documents(docs, subsample=data_cfg.subsample, holdout=holdout)
 
 
 def eval_documents(data_cfg):
-    if data_cfg.eval_source:
-        return sources.iter_documents(data_cfg.eval_source)
+    if eval_source(data_cfg):
+        return sources.iter_documents(eval_source(data_cfg))
     return sources.select_documents(sources.iter_documents(data_cfg.source), subsample=data_cfg.subsample,
                                     holdout=data_cfg.holdout, take_holdout=True)
+
+
+def data_keys(data_cfg) -> tuple[str, str]:
+    """Cache keys (train, eval) of the documents selected by ``data_cfg``."""
+    train_key = sources.fingerprint(data_cfg.source) + f"|train|{data_cfg.subsample}|{data_cfg.holdout}"
+    held = eval_source(data_cfg)
+    return train_key, (sources.fingerprint(held) if held else train_key + "|holdout")
 
 
 def setup_tokenizer(config, workdir: Path):
@@ -64,7 +79,7 @@ def setup_tokenizer(config, workdir: Path):
         # cached per data + settings: runs of one config on one machine share the exact same vocabulary.
         key = packing.cache_key(sources.fingerprint(config.data.source), tcfg.kind, str(tcfg.vocab_size),
                                 str(tcfg.train_fraction), str(config.data.subsample), str(config.data.holdout),
-                                config.data.eval_source)
+                                eval_source(config.data))
         cached = cache_dir() / "tokenizers" / key
         if (cached / "tokenizer.json").exists():
             tokenizer = tok_lib.load_tokenizer(cached)
@@ -197,9 +212,7 @@ def run(config, workdir: str | Path) -> dict:
     if is_lead_process():
         config_lib.save_config(config, workdir)
 
-    train_key = sources.fingerprint(config.data.source) + f"|train|{config.data.subsample}|{config.data.holdout}"
-    eval_key = (sources.fingerprint(config.data.eval_source) if config.data.eval_source
-                else train_key + "|holdout")
+    train_key, eval_key = data_keys(config.data)
     train_seqs = packed_sequences(lambda: train_documents(config.data), train_key, tokenizer, config)
     eval_seqs = packed_sequences(lambda: eval_documents(config.data), eval_key, tokenizer, config)
     batch = config.data.batch_size
