@@ -1,1 +1,18 @@
 """tljax: pretraining and transfer learning for language models in JAX/Flax."""
+
+
+def from_pretrained(path):
+    """Load a checkpoint to run: ``hf:/path/to/folder`` (a Hugging Face BERT or GPT-2), ``hf:minilm``, or a
+    tljax run (workdir, its checkpoints/ folder or one step). Returns a callable model::
+
+        model = tljax.from_pretrained("hf:minilm")
+        out = model(input_ids, attention_mask=mask, token_type_ids=types)  # int arrays [B, T]
+        out.last_hidden_state   # [B, T, H], final layer (GPT: after ln_f)
+        out.logits              # [B, T, V] when the checkpoint has an LM head, else None
+        model.tokenizer         # its Hugging Face tokenizer; model.config, model.params
+    """
+    from tljax.hf import from_pretrained as _load  # lazy: `import tljax` stays light
+    return _load(path)
+
+
+__all__ = ["from_pretrained"]

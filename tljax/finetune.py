@@ -209,6 +209,9 @@ def pretraining_loss(pre: Pretrained, params: dict, num_sequences: int, batch: i
     totals = np.zeros(3)
     for i in range(len(seqs) // batch):
         totals += np.asarray(step(params, jnp.asarray(seqs[i * batch: (i + 1) * batch]), i))
+    if totals[2] == 0:
+        log("forgetting not measured: no token of the held-out text is a prediction target")
+        return None
     return float(totals[0] / totals[2])
 
 
@@ -313,7 +316,9 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, num_
     order = packing.PackedBatches(np.arange(len(y["train"]))[:, None], B, config.seed)
 
     before = None
-    if config.forgetting.enabled and pre.params is not None:
+    # A checkpoint whose LM head was added fresh (e.g. a Hugging Face BertModel) has no pretraining loss
+    # to forget: measuring it would report the loss of a random head.
+    if config.forgetting.enabled and pre.params is not None and pre.config.get("lm_head_pretrained", True):
         before = pretraining_loss(pre, pre.params, config.forgetting.sequences, config.forgetting.batch_size)
 
     writer = MetricWriter(workdir)
@@ -349,7 +354,8 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, num_
     if before is not None:
         after = pretraining_loss(pre, with_backbone(pre.params, best_params), config.forgetting.sequences,
                                  config.forgetting.batch_size)
-        forgetting = {"pretrain_loss_before": before, "pretrain_loss_after": after, "increase": after - before}
+        if after is not None:
+            forgetting = {"pretrain_loss_before": before, "pretrain_loss_after": after, "increase": after - before}
     return {"test_accuracy": float((preds == y["test"]).mean()), "test_predictions": preds,
             "validation_curve": curve, "best_step": best_step, "best_validation_accuracy": best_acc,
             "trainable_params": trainable, "frozen_params": frozen, "optimizer_state_bytes": opt_bytes,
