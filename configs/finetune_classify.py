@@ -24,7 +24,7 @@ def get_config(arg=None):
     c.unfrozen_layers = 2  # light: how many top layers train
     c.unfreeze_every = 40  # progressive: steps between unfreezing one more group from the top
     c.layer_lr_decay = 1.0  # < 1: ELECTRA-style layer-wise rates (top layer = base rate)
-    c.pooling = "auto"  # auto (features: mean; bert: cls + pooler; gpt: last) | cls | mean | last
+    c.pooling = "auto"  # auto (bert: mean over tokens; gpt: last token) | cls ([CLS] + pooler) | mean | last
     c.head_dropout = 0.1
     c.seed = 0
     c.probe = ml_collections.ConfigDict(dict(kind="logreg", c_grid=(0.01, 0.1, 1.0, 10.0), mlp_hidden=256))

@@ -97,3 +97,16 @@ def test_scratch_baseline_and_errors(pretrained_run, csv_task, tmp_path):
         finetune.run(ft_config(tmp_path, csv_task, "full"), tmp_path / "y")
     with pytest.raises(ConfigError, match="strategy='fancy' unknown"):
         finetune.run(ft_config(pretrained_run, csv_task, "fancy"), tmp_path / "z")
+
+
+def test_word_vectors_as_features(csv_task, tmp_path):
+    """Fixed word vectors (word2vec text format, as gensim writes it) feed the same probe."""
+    rng = np.random.default_rng(1)
+    words = "the of and to in a is that for it as was with be by on not he this are great little".split()
+    lines = [f"{len(words)} 8"] + [w + " " + " ".join(f"{v:.5f}" for v in rng.normal(size=8)) for w in words]
+    (tmp_path / "vectors.txt").write_text("\n".join(lines) + "\n")
+    c = ft_config(tmp_path, csv_task, "features")
+    summary = finetune.run(c, tmp_path / "run")
+    assert summary["test_accuracy"] >= 0.75 and summary["frozen_params"] == len(words) * 8
+    with pytest.raises(ConfigError, match="fixed word vectors: use strategy=features"):
+        finetune.run(ft_config(tmp_path, csv_task, "light"), tmp_path / "run2")

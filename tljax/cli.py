@@ -1,4 +1,4 @@
-"""The ``tljax`` command: ``tljax pretrain|finetune|data prepare`` … with ml-collections configs.
+"""The ``tljax`` command: ``tljax pretrain|finetune|word2vec|data prepare`` … with ml-collections configs.
 
     tljax pretrain --config configs/bert_mlm_tiny.py --workdir runs/bert_tiny [--config.train.steps=300]
     tljax data prepare [--force]
@@ -20,7 +20,12 @@ commands:
                           masked-LM or causal-LM pretraining (resumes from DIR's checkpoints)
   finetune --config FILE.py --workdir DIR [--config.FIELD=VALUE ...]
                           text classification by transfer (features, light, full, progressive)
+  word2vec --config FILE.py --workdir DIR [--config.FIELD=VALUE ...]
+                          word2vec (skip-gram/CBOW, negative sampling) word vectors in JAX
   data prepare [--force]  fetch and prepare the embedded offline corpus and Rotten Tomatoes
+  convert --from SRC --to DST
+                          Hugging Face folder <-> tljax run: --from hf:/folder (or hf:minilm) --to runs/x
+                          writes a run that init_from accepts; --from runs/x --to hf:/folder exports
 """
 
 
@@ -93,6 +98,20 @@ def cmd_finetune(argv):
         fail("interrupted", 130)
 
 
+def cmd_word2vec(argv):
+    config, values = parse_config_flags(argv)
+    from tljax import word2vec
+    from tljax.config import ConfigError
+    from tljax.data.fetch import FetchError
+    from tljax.data.sources import SourceError
+    try:
+        word2vec.run(config, values["workdir"])
+    except (ConfigError, SourceError, FetchError, FileNotFoundError) as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted; nothing was saved, re-run the command", 130)
+
+
 def cmd_data(argv):
     if not argv or argv[0] != "prepare" or any(a not in ("--force",) for a in argv[1:]):
         fail("usage: tljax data prepare [--force]")
@@ -104,7 +123,37 @@ def cmd_data(argv):
         fail(str(e))
 
 
-COMMANDS = {"pretrain": cmd_pretrain, "finetune": cmd_finetune, "data": cmd_data}
+def cmd_convert(argv):
+    values, rest = {}, list(argv)
+    while rest:
+        arg = rest.pop(0)
+        name, eq, value = arg.partition("=")
+        if name not in ("--from", "--to") or name[2:] in values:
+            fail(f"unexpected argument {arg!r}; usage: tljax convert --from SRC --to DST")
+        if not eq:
+            if not rest:
+                fail(f"{name} needs a value; usage: tljax convert --from SRC --to DST")
+            value = rest.pop(0)
+        values[name[2:]] = value
+    if set(values) != {"from", "to"} or not all(values.values()):
+        fail("usage: tljax convert --from SRC --to DST (SRC: hf:/folder, hf:minilm or a tljax run; "
+             "DST: a new run folder, or hf:/folder to export)")
+    from tljax import hf
+    from tljax.data.fetch import FetchError
+    from tljax.pretrained import PretrainedError
+    try:
+        if values["to"].startswith("hf:"):
+            out = hf.export_hf(values["from"], values["to"][3:])
+            print(f"wrote Hugging Face folder {out}")
+        else:
+            out = hf.write_run(values["from"], values["to"])
+            print(f"wrote tljax run {out} (use it as init_from={out})")
+    except (PretrainedError, FetchError, FileNotFoundError) as e:
+        fail(str(e))
+
+
+COMMANDS = {"pretrain": cmd_pretrain, "finetune": cmd_finetune, "word2vec": cmd_word2vec, "data": cmd_data,
+            "convert": cmd_convert}
 
 
 def main(argv=None):

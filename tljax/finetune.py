@@ -76,13 +76,12 @@ def merge_pretrained(fresh: dict, pretrained: dict, new_prefixes=("classifier",)
 
 
 def pooling_for(config, kind: str) -> str:
-    """``auto``: mean for frozen features (MLM pretraining never trains the pooler, so [CLS] features are
-    poor), else the pooler on [CLS] for BERT and the last token for GPT."""
+    """``auto``: the mean over tokens for encoders (MLM pretraining never trains BERT's pooler, and
+    sentence encoders such as MiniLM are trained for mean pooling: on Rotten Tomatoes at 100 labels
+    MiniLM fine-tunes to 0.70 with mean and 0.64 with [CLS] + pooler), the last token for GPT."""
     if config.pooling != "auto":
         return config.pooling
-    if config.strategy == "features":
-        return "mean"
-    return "cls" if kind == "bert" else "last"
+    return "mean" if kind == "bert" else "last"
 
 
 def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
@@ -227,6 +226,15 @@ def with_backbone(lm_params: dict, classifier_params: dict) -> dict:
 # ----------------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------------
+def is_word_vectors(init_from: str) -> bool:
+    """A word2vec run folder, a word2vec-format file, ``w2v:PATH`` or ``spacy:en_core_web_md``."""
+    if init_from.startswith(("spacy:", "w2v:")):
+        return True
+    path = Path(init_from).expanduser()
+    return ((path / "vectors.npz").exists() or (path / "vectors.txt").exists()
+            or (path.is_file() and path.suffix in (".txt", ".bin", ".vec")))
+
+
 def run(config, workdir: str | Path) -> dict:
     """Fine-tune (or probe) per ``config`` into ``workdir``; returns and writes ``summary.json``."""
     t_start = time.time()
@@ -235,35 +243,40 @@ def run(config, workdir: str | Path) -> dict:
         raise config_lib.ConfigError(f"strategy={config.strategy!r} unknown; use one of {', '.join(transfer.STRATEGIES)}")
     if config.init_from == "none" and config.strategy != "full":
         raise config_lib.ConfigError("init_from=none is the from-scratch baseline: use strategy=full with it")
-    pre = resolve(config.init_from, config.model_like)
+    word_vectors = is_word_vectors(config.init_from)
+    if word_vectors and config.strategy != "features":
+        raise config_lib.ConfigError(f"{config.init_from} holds fixed word vectors: use strategy=features with it")
+    pre = None if word_vectors else resolve(config.init_from, config.model_like)
     data = labeled.load_labeled(config.data, config.seed)
     num_classes = len(data.label_names)
     workdir.mkdir(parents=True, exist_ok=True)
     config_lib.save_config(config, workdir)
-    pooling = pooling_for(config, pre.model.kind)
-    model = SequenceClassifier(pre.model, num_classes, pooling=pooling, head_dropout=config.head_dropout)
-    encoded = {name: encode_texts(pre.tokenizer, split.texts, config.data.max_len)
-               for name, split in (("train", data.train), ("validation", data.validation), ("test", data.test))}
     y = {"train": data.train.labels, "validation": data.validation.labels, "test": data.test.labels}
     log(f"data: {len(y['train'])} labeled train, {len(y['validation'])} validation, {len(y['test'])} test; "
         f"{num_classes} classes {data.label_names}; start: {config.init_from}, strategy: {config.strategy}")
-
-    fresh = model.init(jax.random.key(config.seed), encoded["train"][0][:1], encoded["train"][1][:1])["params"]
-    fresh = jax.tree.map(np.asarray, nn.meta.unbox(fresh))
-    if pre.params is not None:
-        start_params, kept_fresh = merge_pretrained(fresh, pre.params)
-        if any(p.startswith("pooler") for p in kept_fresh):
-            log("note: the checkpoint has no pooler; it starts fresh")
-    else:
-        start_params = fresh
-    summary = {"strategy": config.strategy, "init_from": config.init_from, "pooling": pooling,
+    summary = {"strategy": config.strategy, "init_from": config.init_from,
                "num_labeled": int(len(y["train"])), "num_validation": int(len(y["validation"])),
                "num_test": int(len(y["test"])), "label_names": data.label_names, "seed": config.seed}
 
-    if config.strategy == "features":
-        summary.update(_run_features(config, model, start_params, pre, data, encoded, y))
+    if word_vectors:
+        summary.update(pooling="mean of word vectors", **_run_word_vectors(config, data, y))
     else:
-        summary.update(_run_gradient(config, model, start_params, pre, encoded, y, num_classes, workdir))
+        pooling = pooling_for(config, pre.model.kind)
+        model = SequenceClassifier(pre.model, num_classes, pooling=pooling, head_dropout=config.head_dropout)
+        encoded = {name: encode_texts(pre.tokenizer, getattr(data, name).texts, config.data.max_len)
+                   for name in ("train", "validation", "test")}
+        fresh = model.init(jax.random.key(config.seed), encoded["train"][0][:1], encoded["train"][1][:1])["params"]
+        fresh = jax.tree.map(np.asarray, nn.meta.unbox(fresh))
+        start_params = fresh
+        if pre.params is not None:
+            start_params, kept_fresh = merge_pretrained(fresh, pre.params)
+            if any(p.startswith("pooler") for p in kept_fresh):
+                log("note: the checkpoint has no pooler; it starts fresh")
+        summary["pooling"] = pooling
+        if config.strategy == "features":
+            summary.update(_run_features(config, model, start_params, pre, data, encoded, y))
+        else:
+            summary.update(_run_gradient(config, model, start_params, pre, encoded, y, num_classes, workdir))
 
     summary["test_macro_f1"] = macro_f1(y["test"], summary.pop("test_predictions"), num_classes)
     summary["wall_seconds"] = time.time() - t_start
@@ -272,6 +285,23 @@ def run(config, workdir: str | Path) -> dict:
     log(f"test accuracy {summary['test_accuracy']:.4f}, macro-F1 {summary['test_macro_f1']:.4f} "
         f"({config.strategy}, {summary['num_labeled']} labels, {summary['wall_seconds']:.0f}s)")
     return summary
+
+
+def _probe_summary(probe: dict, y, frozen_params: int) -> dict:
+    preds = probe["test_predictions"]
+    return {"test_accuracy": float((preds == y["test"]).mean()), "test_predictions": preds,
+            "validation_curve": probe["validation_curve"], "best_C": probe["best_C"],
+            "trainable_params": probe["probe_parameters"], "frozen_params": frozen_params,
+            "optimizer_state_bytes": 0, "forgetting": None}
+
+
+def _run_word_vectors(config, data, y) -> dict:
+    """Feature-based transfer from fixed word vectors: each text is the mean of its words' vectors."""
+    from tljax import word2vec
+    vectors = word2vec.load(config.init_from[4:] if config.init_from.startswith("w2v:") else config.init_from)
+    feats = {name: word2vec.text_features(vectors, getattr(data, name).texts)
+             for name in ("train", "validation", "test")}
+    return _probe_summary(fit_probe(config, feats, y, config.seed), y, int(vectors.vectors.size))
 
 
 def _run_features(config, model, params, pre: Pretrained, data, encoded, y) -> dict:
@@ -283,12 +313,8 @@ def _run_features(config, model, params, pre: Pretrained, data, encoded, y) -> d
         feats[name] = cached_features(key, lambda: extract_features(model, params, ids, mask))
     log(f"features {feats['train'].shape[1]}-d for {sum(len(f) for f in feats.values())} texts in {time.time() - t0:.1f}s")
     probe = fit_probe(config, feats, y, config.seed)
-    preds = probe["test_predictions"]
     encoder = {k: v for k, v in params.items() if k != "classifier"}
-    return {"test_accuracy": float((preds == y["test"]).mean()), "test_predictions": preds,
-            "validation_curve": probe["validation_curve"], "best_C": probe["best_C"],
-            "trainable_params": probe["probe_parameters"], "frozen_params": count_params(encoder),
-            "optimizer_state_bytes": 0, "feature_seconds": time.time() - t0, "forgetting": None}
+    return dict(_probe_summary(probe, y, count_params(encoder)), feature_seconds=time.time() - t0)
 
 
 def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, num_classes, workdir) -> dict:
