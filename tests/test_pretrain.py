@@ -86,3 +86,13 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path):
     assert r.returncode == 2 and "--workdir is required" in r.stderr
     r = cli("frobnicate")
     assert r.returncode == 2 and "unknown command 'frobnicate'" in r.stderr
+
+
+def test_cli_main_from_python_applies_overrides(tmp_path, monkeypatch):
+    from tljax import cli
+    seen = {}
+    monkeypatch.setattr(pretrain, "run", lambda config, workdir: seen.update(steps=config.train.steps, workdir=workdir))
+    monkeypatch.setattr("sys.argv", ["pytest"])  # unlike a console-script call, sys.argv is not this argv
+    cli.main(["pretrain", "--config", "configs/bert_mlm_tiny.py", "--workdir", str(tmp_path),
+              "--config.train.steps=7"])
+    assert seen == {"steps": 7, "workdir": str(tmp_path)}

@@ -233,8 +233,7 @@ def test_cli_word2vec_writes_the_run(tmp_path, monkeypatch):
     from gensim.models import KeyedVectors
     from tljax import cli
 
-    def main(*args):  # ml-collections reads --config.* overrides from sys.argv
-        monkeypatch.setattr("sys.argv", ["tljax", *args])
+    def main(*args):
         return cli.main(list(args))
 
     (tmp_path / "corpus.txt").write_text("\n\n".join(_paired_corpus(60)), encoding="utf-8")

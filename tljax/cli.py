@@ -43,8 +43,10 @@ def parse_config_flags(argv: list[str], extra_flags=()) -> tuple[object, dict]:
     from ml_collections import config_flags
 
     fv = flags.FlagValues()
+    # sys_argv: the --config.* overrides are looked up in this argv, not in sys.argv (they differ when
+    # main() is called from Python).
     config_flags.DEFINE_config_file("config", None, "ml-collections config file", flag_values=fv,
-                                    lock_config=True)
+                                    lock_config=True, sys_argv=["tljax"] + list(argv))
     flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs, summary)", flag_values=fv)
     for name, default, help_ in extra_flags:
         flags.DEFINE_string(name, default, help_, flag_values=fv)
@@ -69,57 +71,48 @@ def parse_config_flags(argv: list[str], extra_flags=()) -> tuple[object, dict]:
     return fv.config, values
 
 
-def cmd_pretrain(argv):
-    config, values = parse_config_flags(argv)
-    from tljax import pretrain
-    from tljax.config import ConfigError
-    from tljax.data.fetch import FetchError
-    from tljax.data.sources import SourceError
-    try:
-        pretrain.run(config, values["workdir"])
-    except (ConfigError, SourceError, FetchError, FileNotFoundError) as e:
-        fail(str(e))
-    except KeyboardInterrupt:
-        fail("interrupted; the last checkpoint is kept, re-run the same command to resume", 130)
-
-
-def cmd_finetune(argv):
-    config, values = parse_config_flags(argv)
-    from tljax import finetune
+def user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean bad input (config, data, checkpoint): reported in one line, exit status 2."""
     from tljax.config import ConfigError
     from tljax.data.fetch import FetchError
     from tljax.data.sources import SourceError
     from tljax.pretrained import PretrainedError
+    return ConfigError, SourceError, FetchError, PretrainedError, FileNotFoundError
+
+
+def run_config_command(argv, run, interrupted: str):
+    """Parse ``--config``/``--workdir`` and call ``run(config, workdir)``, turning user errors into one line."""
+    config, values = parse_config_flags(argv)
     try:
-        finetune.run(config, values["workdir"])
-    except (ConfigError, SourceError, FetchError, PretrainedError, FileNotFoundError) as e:
+        run(config, values["workdir"])
+    except user_errors() as e:
         fail(str(e))
     except KeyboardInterrupt:
-        fail("interrupted", 130)
+        fail(f"interrupted; {interrupted}", 130)
+
+
+def cmd_pretrain(argv):
+    from tljax import pretrain
+    run_config_command(argv, pretrain.run, "the last checkpoint is kept, re-run the same command to resume")
+
+
+def cmd_finetune(argv):
+    from tljax import finetune
+    run_config_command(argv, finetune.run, "re-run the command (a fine-tuning run is short and starts over)")
 
 
 def cmd_word2vec(argv):
-    config, values = parse_config_flags(argv)
     from tljax import word2vec
-    from tljax.config import ConfigError
-    from tljax.data.fetch import FetchError
-    from tljax.data.sources import SourceError
-    try:
-        word2vec.run(config, values["workdir"])
-    except (ConfigError, SourceError, FetchError, FileNotFoundError) as e:
-        fail(str(e))
-    except KeyboardInterrupt:
-        fail("interrupted; nothing was saved, re-run the command", 130)
+    run_config_command(argv, word2vec.run, "nothing was saved, re-run the command")
 
 
 def cmd_data(argv):
     if not argv or argv[0] != "prepare" or any(a not in ("--force",) for a in argv[1:]):
         fail("usage: tljax data prepare [--force]")
     from tljax.data import corpus
-    from tljax.data.fetch import FetchError
     try:
         corpus.prepare_all(force="--force" in argv)
-    except FetchError as e:
+    except user_errors() as e:
         fail(str(e))
 
 
@@ -139,8 +132,6 @@ def cmd_convert(argv):
         fail("usage: tljax convert --from SRC --to DST (SRC: hf:/folder, hf:minilm or a tljax run; "
              "DST: a new run folder, or hf:/folder to export)")
     from tljax import hf
-    from tljax.data.fetch import FetchError
-    from tljax.pretrained import PretrainedError
     try:
         if values["to"].startswith("hf:"):
             out = hf.export_hf(values["from"], values["to"][3:])
@@ -148,7 +139,7 @@ def cmd_convert(argv):
         else:
             out = hf.write_run(values["from"], values["to"])
             print(f"wrote tljax run {out} (use it as init_from={out})")
-    except (PretrainedError, FetchError, FileNotFoundError) as e:
+    except user_errors() as e:
         fail(str(e))
 
 
