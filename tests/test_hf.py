@@ -309,14 +309,16 @@ def test_convert_cli_both_ways(tmp_path, capsys):
         assert e.value.code == 2 and err.startswith("tljax: error:") and "\n" not in err
 
 
-def test_forgetting_measure_runs_with_a_fresh_head(tmp_path, text_corpus):
+def test_forgetting_measure_runs_with_a_fresh_head(tmp_path, text_corpus, monkeypatch):
     """The pretraining-format config of an HF BERT without MLM head drives finetune's forgetting loss."""
     words = (text_corpus / "part0.txt").read_text().lower().replace(".", " ").split()
     make_bert(tmp_path / "m", BERT_SHAPES["model_gelu"], words=words)
     pre = hf.load_hf(tmp_path / "m")
     assert pre.config["lm_head_pretrained"] is False and pre.config["objective"] == "mlm"
     assert pre.config["data"]["eval_source"] == "builtin:corpus_eval"
-    assert finetune.pretraining_loss(pre, pre.params, 8, 4) is None  # corpus not prepared here: None, no crash
+    # An empty cache (other tests of the session may have prepared the corpus in theirs): None, no crash.
+    monkeypatch.setenv("TLJAX_DATA_DIR", str(tmp_path / "empty_cache"))
+    assert finetune.pretraining_loss(pre, pre.params, 8, 4) is None
     pre.config["data"].update(source=f"text:{text_corpus}/*.txt", eval_source=f"text:{text_corpus}/*.txt")
     loss = finetune.pretraining_loss(pre, pre.params, 8, 4)
     assert loss is not None and np.isfinite(loss)
