@@ -444,7 +444,8 @@ def main(argv=None) -> int:
     ap.add_argument("--matmul-n", type=int, default=2048, help="size of the reference square matmul")
     ap.add_argument("--torch-attn", default="sdpa", choices=["sdpa", "eager"],
                     help="BertForMaskedLM attention implementation")
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch intra-op threads (XLA uses every core)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="PyTorch intra-op threads (XLA uses every core)")
     ap.add_argument("--max-other-cores", type=float, default=0.25,
                     help="a round during which other processes kept more CPU cores than this busy is "
                          "discarded and repeated (the machine is shared)")
@@ -463,8 +464,9 @@ def main(argv=None) -> int:
         ap.error(f"unknown size(s) {unknown}; choose from {sorted(SIZES)}")
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    env = {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
-           "transformers": transformers.__version__, "jax_backend": jax.default_backend(),
+    import tljax
+    env = {"cpu": cpu, "cores": os.cpu_count(), "tljax": os.path.dirname(tljax.__file__), "jax": jax.__version__,
+           "torch": torch.__version__, "transformers": transformers.__version__, "jax_backend": jax.default_backend(),
            "torch_threads": torch.get_num_threads(), "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
            "MKL_ENABLE_INSTRUCTIONS": os.environ.get("MKL_ENABLE_INSTRUCTIONS", "")}
     print(f"machine: {env}", flush=True)
