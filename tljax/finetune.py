@@ -92,18 +92,28 @@ def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> f
 # ----------------------------------------------------------------------------------------------------
 # (2) Feature-based transfer
 # ----------------------------------------------------------------------------------------------------
-def extract_features(model: SequenceClassifier, params, ids: np.ndarray, mask: np.ndarray,
-                     batch: int = 128) -> np.ndarray:
-    """Pooled features [N, H] float32 of a frozen encoder, in batches (the last one padded)."""
-    fn = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, method=SequenceClassifier.features))
+def batched_apply(fn, params, ids: np.ndarray, mask: np.ndarray, batch: int, device_batch=lambda a: a):
+    """``fn(params, ids [b, T], mask [b, T]) -> [b, ...]`` over all N rows in batches of ``batch`` (the last
+    one padded, so one compiled shape serves every batch). Returns [N, ...] on the host, or None if N = 0."""
     out = []
     for lo in range(0, len(ids), batch):
         i, m = ids[lo: lo + batch], mask[lo: lo + batch]
-        pad = batch - len(i)
-        if pad:
-            i, m = np.pad(i, ((0, pad), (0, 0))), np.pad(m, ((0, pad), (0, 0)))
-        out.append(np.asarray(fn(params, i, m))[: batch - pad])
-    return np.concatenate(out) if out else np.zeros((0, model.cfg.hidden_size), np.float32)
+        n = len(i)
+        if n < batch:
+            i, m = np.pad(i, ((0, batch - n), (0, 0))), np.pad(m, ((0, batch - n), (0, 0)))
+        out.append(np.asarray(jax.device_get(fn(params, device_batch(i), device_batch(m))))[:n])
+    return np.concatenate(out) if out else None
+
+
+def features_fn(model: SequenceClassifier):
+    """The jitted ``(params, ids [B, T], mask [B, T]) -> pooled features [B, H]`` of a frozen encoder."""
+    return jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, method=SequenceClassifier.features))
+
+
+def extract_features(fn, params, ids: np.ndarray, mask: np.ndarray, hidden: int, batch: int = 128) -> np.ndarray:
+    """Pooled features [N, H] float32 of ``fn`` (from ``features_fn``) over all rows."""
+    out = batched_apply(fn, params, ids, mask, batch)
+    return np.zeros((0, hidden), np.float32) if out is None else out
 
 
 def cached_features(key_parts: list[str], compute) -> np.ndarray:
@@ -164,25 +174,16 @@ def make_classifier_step(model: SequenceClassifier, tx: optax.GradientTransforma
     return train_step
 
 
-def predict(model: SequenceClassifier, params, ids: np.ndarray, mask: np.ndarray, labels: np.ndarray,
-            batch: int, device_batch) -> tuple[np.ndarray, float]:
-    """(predicted class ids [N], mean cross-entropy) over a whole split, batch by batch."""
-    fn = predict.cache.setdefault(id(model), jax.jit(
-        lambda p, i, m: model.apply({"params": p}, i, m, deterministic=True)))
-    preds, losses = [], []
-    for lo in range(0, len(ids), batch):
-        i, m, y = ids[lo: lo + batch], mask[lo: lo + batch], labels[lo: lo + batch]
-        n = len(i)
-        if n < batch:
-            i, m = np.pad(i, ((0, batch - n), (0, 0))), np.pad(m, ((0, batch - n), (0, 0)))
-        logits = np.asarray(jax.device_get(fn(params, device_batch(i), device_batch(m))))[:n]
-        preds.append(logits.argmax(-1))
-        logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
-        losses.append(logz - logits[np.arange(n), y])
-    return np.concatenate(preds), float(np.concatenate(losses).mean())
-
-
-predict.cache = {}
+def predict(logits_fn, params, ids: np.ndarray, mask: np.ndarray, labels: np.ndarray, batch: int,
+            device_batch) -> tuple[np.ndarray, float]:
+    """(predicted class ids [N], mean cross-entropy) over a whole split; ``logits_fn(params, ids, mask)``
+    -> [b, C] is the jitted classifier."""
+    logits = batched_apply(logits_fn, params, ids, mask, batch, device_batch)
+    if logits is None:
+        return np.zeros((0,), np.int64), float("nan")
+    top = logits.max(-1)
+    logz = np.log(np.exp(logits - top[:, None]).sum(-1)) + top
+    return logits.argmax(-1), float((logz - logits[np.arange(len(labels)), labels]).mean())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -306,11 +307,12 @@ def _run_word_vectors(config, data, y) -> dict:
 
 def _run_features(config, model, params, pre: Pretrained, data, encoded, y) -> dict:
     t0 = time.time()
-    feats = {}
+    fn, feats = features_fn(model), {}  # one compiled function for every split
     for name, (ids, mask) in encoded.items():
         texts = getattr(data, name).texts
         key = [pre.fingerprint, labeled.fingerprint_texts(texts), model.pooling, str(config.data.max_len)]
-        feats[name] = cached_features(key, lambda: extract_features(model, params, ids, mask))
+        feats[name] = cached_features(
+            key, lambda: extract_features(fn, params, ids, mask, model.cfg.hidden_size))
     log(f"features {feats['train'].shape[1]}-d for {sum(len(f) for f in feats.values())} texts in {time.time() - t0:.1f}s")
     probe = fit_probe(config, feats, y, config.seed)
     encoder = {k: v for k, v in params.items() if k != "classifier"}
@@ -334,6 +336,7 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, num_
 
     batch_sharding = shd.batch_sharding(mesh, rules)
     vec_sharding = shd.batch_sharding(mesh, rules, ndim=1)
+    logits_fn = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, deterministic=True))
     step_fn = jax.jit(make_classifier_step(model, tx, schedule),
                       in_shardings=(sharding, batch_sharding, batch_sharding, vec_sharding),
                       out_shardings=(sharding, shd.replicated(mesh)), donate_argnums=0)
@@ -356,7 +359,7 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, num_
             idx = order.local_batch(step - 1, jax.process_index(), jax.process_count())[:, 0]
             state, metrics = step_fn(state, put(ids_tr[idx]), put(mask_tr[idx]), put(y["train"][idx]))
             if step % config.train.eval_every == 0 or step == config.train.steps:
-                preds, vloss = predict(model, state.params, *encoded["validation"], y["validation"], B * 4, put)
+                preds, vloss = predict(logits_fn, state.params, *encoded["validation"], y["validation"], B * 4, put)
                 vacc = float((preds == y["validation"]).mean()) if len(preds) else 0.0
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 curve.append({"step": step, "accuracy": vacc, "loss": vloss, "train_loss": m["loss"]})
@@ -375,7 +378,7 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, num_
     writer.close()
     compilations = step_fn._cache_size()
     best_acc, best_step, best_params = best
-    preds, _ = predict(model, jax.device_put(best_params, sharding.params), *encoded["test"], y["test"], B * 4, put)
+    preds, _ = predict(logits_fn, jax.device_put(best_params, sharding.params), *encoded["test"], y["test"], B * 4, put)
     forgetting = None
     if before is not None:
         after = pretraining_loss(pre, with_backbone(pre.params, best_params), config.forgetting.sequences,
