@@ -40,13 +40,6 @@ class Checkpoints:
             state=ocp.args.StandardRestore(target_state), meta=ocp.args.JsonRestore()))
         return restored["state"], restored["meta"]
 
-    def restore_meta(self, step: int | None = None) -> dict:
-        step = self.latest_step() if step is None else step
-        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
-    def wait(self):
-        self.manager.wait_until_finished()
-
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()

@@ -101,9 +101,3 @@ def batch_sharding(mesh: Mesh, rules, ndim: int = 2) -> NamedSharding:
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
-
-def describe(shardings, params) -> list[str]:
-    """Human-readable lines "path shape spec" for the docs and logs."""
-    flat_p = jax.tree_util.tree_flatten_with_path(params)[0]
-    flat_s = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
-    return [f"{jax.tree_util.keystr(path)} {tuple(p.shape)} {s.spec}" for (path, p), s in zip(flat_p, flat_s)]
