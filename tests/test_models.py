@@ -8,7 +8,7 @@ import pytest
 from flax import traverse_util
 
 from tljax.models import LanguageModel, TransformerConfig
-from tljax.models.layers import SelfAttention
+from tljax.models.layers import Dropout, SelfAttention, dropout, gelu_exact
 
 
 def tiny(kind, **kw):
@@ -114,3 +114,40 @@ def test_remat_gives_same_gradients():
         grads.append(jax.grad(loss)(params))
     for g in grads[1:]:
         jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6), grads[0], g)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_dropout_keep_rate_and_scale(rate):
+    x = jnp.ones((3, 1001, 171))  # odd width: the last word of each row serves one element
+    y = np.asarray(dropout(x, rate, jax.random.key(0)))
+    kept = y != 0
+    n, keep = kept.size, 1 - rate
+    sigma = (keep * rate / n) ** 0.5
+    assert abs(kept.mean() - keep) < 5 * sigma
+    assert abs(y.mean() - 1.0) < 5 * sigma / keep  # inverted dropout: expectation unchanged
+    np.testing.assert_allclose(np.unique(y[kept]), 65536 / round(keep * 65536), rtol=1e-6)
+    # The two 16-bit halves of a word (elements j and j + 86 of a row) are kept independently.
+    both = kept[..., :85] & kept[..., 86:]
+    assert abs(both.mean() - keep ** 2) < 5 * (keep ** 2 * (1 - keep ** 2) / both.size) ** 0.5
+    other = np.asarray(dropout(x, rate, jax.random.key(1))) != 0
+    assert (other != kept).mean() > 0.5 * 2 * keep * rate  # a new key draws a new mask
+
+
+def test_dropout_deterministic_and_extreme_rates():
+    x = jax.random.normal(jax.random.key(2), (4, 8))
+    module = Dropout(0.3)
+    np.testing.assert_array_equal(module.apply({}, x, True), x)
+    np.testing.assert_array_equal(Dropout(0.0).apply({}, x, False), x)
+    np.testing.assert_array_equal(dropout(x, 1.0, jax.random.key(3)), jnp.zeros_like(x))
+    # A whole model in deterministic mode ignores its dropout rates.
+    ids = jax.random.randint(jax.random.key(4), (2, 16), 0, 64)
+    _, params = init(tiny("bert"))
+    want = LanguageModel(tiny("bert")).apply(params, ids)
+    got = LanguageModel(tiny("bert", dropout=0.3, attention_dropout=0.3)).apply(params, ids, deterministic=True)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_gelu_is_exact_gelu():
+    x = jnp.linspace(-10, 10, 200_001)
+    np.testing.assert_allclose(np.asarray(gelu_exact(x)), np.asarray(jax.nn.gelu(x, approximate=False)),
+                               atol=1e-6, rtol=0)

@@ -88,6 +88,21 @@ def test_mlm_loss_matches_numpy():
     assert float(correct) == ((logits.argmax(-1) == targets) * weights).sum()
 
 
+def test_accuracy_equals_argmax_except_ties():
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(64, 20, 300)).astype(np.float32)
+    targets = rng.integers(0, 300, (64, 20))
+    targets[:, :10] = logits[:, :10].argmax(-1)  # half of them right
+    weights = np.ones((64, 20), np.float32)
+    _, correct, _ = objectives.weighted_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights))
+    want = (logits.argmax(-1) == targets).sum()
+    assert float(correct) == want and want >= 64 * 10
+    # A tie for the maximum counts as correct for every tied target (argmax would pick the first).
+    tied = np.zeros((1, 1, 4), np.float32)
+    _, correct, _ = objectives.weighted_cross_entropy(jnp.asarray(tied), jnp.asarray([[3]]), jnp.ones((1, 1)))
+    assert float(correct) == 1.0
+
+
 def test_clm_loss_matches_numpy_and_ignores_padding():
     rng = np.random.default_rng(4)
     B, T, V = 2, 6, 9

@@ -13,9 +13,16 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+
+def gelu_exact(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU. Same function as ``jax.nn.gelu(approximate=False)``, whose ``erfc`` form XLA:CPU
+    lowers slowly (3-5 % of a tiny BERT step)."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * (2.0 ** -0.5)))
+
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     # "gelu" is the exact erf form (BERT); "gelu_new" the tanh approximation (GPT-2).
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu": gelu_exact,
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,
 }
@@ -156,10 +163,36 @@ def _attention_with_dropout(q, k, v, mask, causal, rate, rng):
         mask = _causal_mask(q.shape[1]) if mask is None else mask & _causal_mask(q.shape[1])
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
-    keep = jax.random.bernoulli(rng, 1.0 - rate, probs.shape)
-    probs = jnp.where(keep, probs / (1.0 - rate), 0.0).astype(v.dtype)
+    probs = dropout(jax.nn.softmax(logits, axis=-1), rate, rng).astype(v.dtype)
     return jnp.einsum("bnts,bsnd->btnd", probs, v)
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+    """Inverted dropout whose keep mask compares 16-bit halves of random uint32 words with a threshold:
+    one threefry word serves two elements, where ``jax.random.bernoulli`` draws a word and makes a float
+    per element (this dropout is ~1.5x faster on XLA:CPU). The keep probability is quantised to 1/65536;
+    the scale uses the quantised value, so the expectation is exact."""
+    threshold = round((1.0 - rate) * 65536)
+    if threshold >= 65536:
+        return x
+    if threshold <= 0:
+        return jnp.zeros_like(x)
+    width = x.shape[-1]
+    words = jax.random.bits(rng, x.shape[:-1] + ((width + 1) // 2,), jnp.uint32)
+    halves = jnp.concatenate([words & 0xFFFF, words >> 16], axis=-1)[..., :width]
+    return jnp.where(halves < threshold, x * (65536 / threshold), 0)
+
+
+class Dropout(nn.Module):
+    """``nn.Dropout`` (rng stream "dropout") with the cheaper mask of ``dropout``."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0:
+            return x
+        return dropout(x, self.rate, self.make_rng("dropout"))
 
 
 class MlpBlock(nn.Module):
@@ -187,7 +220,7 @@ class TransformerLayer(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool) -> jax.Array:
         cfg = self.cfg
-        drop = nn.Dropout(cfg.dropout)
+        drop = Dropout(cfg.dropout)
         attention = SelfAttention(cfg, causal=cfg.kind == "gpt", name="attention")
         mlp = MlpBlock(cfg, name="mlp")
         if cfg.kind == "bert":

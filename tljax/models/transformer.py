@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from tljax.models.layers import (TransformerConfig, layer_norm, normal_init, padding_mask, remat_layer,
-                                 zeros_init, ACTIVATIONS)
+from tljax.models.layers import (Dropout, TransformerConfig, layer_norm, normal_init, padding_mask,
+                                 remat_layer, zeros_init, ACTIVATIONS)
 
 
 class Embeddings(nn.Module):
@@ -30,7 +30,7 @@ class Embeddings(nn.Module):
                 cfg.type_vocab_size, cfg.hidden_size, param_dtype=jnp.float32,
                 embedding_init=normal_init(cfg.init_std, ("types", "embed")))
             self.ln = layer_norm(cfg, "ln")
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
         cfg = self.cfg
