@@ -12,6 +12,11 @@ import ml_collections
 
 # Fields whose change makes an existing checkpoint meaningless for this run.
 RESUME_CRITICAL = ("objective", "model", "data.seq_len", "data.tokenizer")
+# Within those, fields that only change how the step computes (parameters stay float32 and keep their
+# paths): a run may resume with another precision or remat policy, e.g. to fit memory.
+RESUME_FREE = ("model.dtype", "model.remat", "model.attention_impl")
+# Fields added after runs were saved without them: absent means this value, the old behaviour.
+ADDED_FIELDS = {"model.scan_layers": False}
 
 
 class ConfigError(ValueError):
@@ -30,10 +35,11 @@ def _get(tree: dict, dotted: str):
     return tree
 
 
-def _flatten(tree, prefix=""):
+def flatten(tree, prefix=""):
+    """(dotted.path, leaf) pairs of a nested dict."""
     if isinstance(tree, dict):
         for k, v in tree.items():
-            yield from _flatten(v, f"{prefix}.{k}" if prefix else k)
+            yield from flatten(v, f"{prefix}.{k}" if prefix else k)
     else:
         yield prefix, tree
 
@@ -42,8 +48,12 @@ def resume_differences(saved: dict, current: dict) -> list[str]:
     """The resume-critical fields that differ, as ``field: saved -> current`` strings."""
     diffs = []
     for key in RESUME_CRITICAL:
-        old, new = dict(_flatten(_get(saved, key), key)), dict(_flatten(_get(current, key), key))
+        old, new = dict(flatten(_get(saved, key), key)), dict(flatten(_get(current, key), key))
         for field in sorted(set(old) | set(new)):
+            if field in RESUME_FREE:
+                continue
+            if field not in old and field in ADDED_FIELDS:
+                old[field] = ADDED_FIELDS[field]
             if old.get(field) != new.get(field):
                 diffs.append(f"{field}: {old.get(field)!r} -> {new.get(field)!r}")
     return diffs

@@ -1,0 +1,189 @@
+"""The learning-curve experiment: a miniature grid end to end (starts made by the experiment, resume after
+an interrupted cell, outputs), and the claims computed from hand-made rows."""
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from tljax import experiment, finetune
+from tljax.config import ConfigError
+
+REPO = Path(__file__).parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_device(monkeypatch):
+    monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1] if not a else jax.local_devices(*a)[:1])
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    """A CSV task whose label is carried by one word ("great" vs "little") among filler words."""
+    root = tmp_path_factory.mktemp("task")
+    rng = np.random.default_rng(1)
+    filler = "the of and to in a is that for it as was with be by on not he this are".split()
+    for name, n in (("train", 120), ("test", 40)):
+        with open(root / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            for i in range(n):
+                label = ["neg", "pos"][i % 2]
+                words = list(rng.choice(filler, 8)) + ["great" if label == "pos" else "little"]
+                rng.shuffle(words)
+                w.writerow([" ".join(words), label])
+    return root
+
+
+def mini_config(task, text_corpus, tmp_path):
+    """Four methods × 2 budgets × 2 seeds on the CSV task; the tljax and word2vec starts are made by the
+    experiment from config files written here (a 2-layer 32-wide BERT, 1-epoch word2vec)."""
+    pretrain_file = tmp_path / "tiny_bert.py"
+    pretrain_file.write_text(textwrap.dedent(f"""
+        from tljax.defaults import pretrain_config
+        def get_config(arg=None):
+            c = pretrain_config("mlm", "bert")
+            c.model.update(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64, max_len=32)
+            c.data.update(source="text:{text_corpus}/*.txt", holdout=0.1, seq_len=32, batch_size=8)
+            c.data.tokenizer.update(vocab_size=300)
+            c.train.update(steps=8, warmup_steps=2, lr=3e-3, log_every=4, eval_every=8, checkpoint_every=8,
+                           eval_batches=2)
+            c.mesh.shape = (1, 1, 1)
+            return c
+    """))
+    w2v_file = tmp_path / "tiny_w2v.py"
+    w2v_file.write_text(textwrap.dedent(f"""
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("w2v", "{REPO / 'configs' / 'word2vec.py'}")
+        module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
+        def get_config(arg=None):
+            c = module.get_config()
+            c.data.source = "text:{text_corpus}/*.txt"
+            c.dim, c.min_count, c.table_size, c.steps_per_call = 16, 2, 10000, 16
+            return c
+    """))
+    c = experiment.load_config_file(REPO / "configs" / "experiments" / "learning_curve.py")
+    c.methods = ("scratch", "word2vec", "tljax_features", "tljax_light")
+    c.budgets, c.seeds = (20, 0), (0, 1)
+    c.tljax.pretrain_config, c.word2vec.config, c.word2vec.epochs = str(pretrain_file), str(w2v_file), 1
+    c.finetune.data.update(name="", train=f"csv:{task}/train.csv", test=f"csv:{task}/test.csv",
+                           num_validation=20, max_len=16, batch_size=8)
+    c.finetune.train.update(steps=12, eval_every=6, log_every=6, warmup_steps=2, lr=3e-3)
+    c.finetune.forgetting.update(sequences=8, batch_size=8)
+    c.lr.update(scratch=3e-3, tljax=3e-3)
+    return c
+
+
+def test_grid_end_to_end_with_resume(task, text_corpus, tmp_path, monkeypatch):
+    config = mini_config(task, text_corpus, tmp_path)
+    workdir = tmp_path / "lc"
+    real_run, calls = finetune.run, []
+
+    def interrupted_on_sixth(cfg, cell_dir):
+        calls.append(Path(cell_dir))
+        if len(calls) == 6:
+            (Path(cell_dir) / "partial").parent.mkdir(parents=True, exist_ok=True)
+            (Path(cell_dir) / "partial").write_text("a cell killed half-way leaves files behind")
+            raise KeyboardInterrupt
+        return real_run(cfg, cell_dir)
+
+    monkeypatch.setattr(finetune, "run", interrupted_on_sixth)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run(config, workdir)
+    with open(workdir / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == 5  # every finished cell is on disk before the crash
+    assert (workdir / "pretrain" / "summary.json").exists() and (workdir / "word2vec" / "vectors.npz").exists()
+
+    calls.clear()
+    monkeypatch.setattr(finetune, "run", lambda cfg, d: calls.append(Path(d)) or real_run(cfg, d))
+    result = experiment.run(config, workdir)
+    assert len(calls) == 16 - 5  # finished cells are skipped; the interrupted one starts over
+    assert not any((d / "partial").exists() for d in calls)
+
+    with open(workdir / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 16 and set(rows[0]) == set(experiment.CSV_FIELDS)
+    assert {(r["method"], r["labels"], r["seed"]) for r in rows} == {
+        (m, b, s) for m in config.methods for b in ("20", "all") for s in ("0", "1")}
+    for r in rows:
+        assert 0.0 <= float(r["test_accuracy"]) <= 1.0
+        summary = json.loads((workdir / "cells" / r["method"] / f"{r['labels']}_s{r['seed']}" / "summary.json").read_text())
+        assert float(r["test_accuracy"]) == summary["test_accuracy"]
+        assert int(r["num_labeled"]) == (20 if r["labels"] == "20" else 100)  # 120 train - 20 validation
+    # Forgetting exists exactly where a pretrained LM head is fine-tuned.
+    assert {r["method"] for r in rows if r["forgetting"] != ""} == {"tljax_light"}
+    # Budget-scaled steps: 20 labels, batch 8, 20 epochs = 50 > 12 → capped at finetune.train.steps.
+    assert {r["steps"] for r in rows} == {"12"}
+
+    md = (workdir / "results.md").read_text()
+    assert "| scratch (no pretraining) |" in md and " ± " in md and "all (100)" in md
+    assert (workdir / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    claims = json.loads((workdir / "claims.json").read_text())
+    assert claims == result["claims"] and claims["better_predictions"]["labels"] == "20"
+    costs = json.loads((workdir / "pretraining_costs.json").read_text())
+    assert costs["tljax"] > 0 and costs["word2vec"] > 0
+
+    # Re-running with a setting that changes a finished cell refuses, naming the field.
+    config.finetune.train.lr = 1e-3
+    config.lr.tljax = 1e-3
+    with pytest.raises(ConfigError, match="train.lr"):
+        experiment.run(config, workdir)
+
+
+def _rows(table):
+    """Rows from {(method, labels): [(accuracy, seconds) per seed]}; 'all' means 1,000 labels."""
+    return [{"method": m, "labels": b, "num_labeled": 1000 if b == "all" else int(b), "seed": s,
+             "test_accuracy": acc, "test_macro_f1": acc, "forgetting": "", "wall_seconds": sec,
+             "trainable_params": 1, "best_step": 1, "steps": 1}
+            for (m, b), runs in table.items() for s, (acc, sec) in enumerate(runs)]
+
+
+def test_claims_by_hand():
+    rows = _rows({
+        ("scratch", "10"): [(0.50, 10), (0.60, 12)], ("scratch", "100"): [(0.70, 20), (0.70, 20)],
+        ("scratch", "all"): [(0.80, 100), (0.78, 120)],
+        ("tljax_full", "10"): [(0.75, 5), (0.77, 7)], ("tljax_full", "100"): [(0.82, 8), (0.82, 8)],
+        ("tljax_full", "all"): [(0.85, 40), (0.85, 40)],
+        ("minilm_features", "10"): [(0.70, 1), (0.70, 1)], ("minilm_features", "100"): [(0.79, 2), (0.81, 2)],
+        ("minilm_features", "all"): [(0.82, 3), (0.82, 3)],
+    })
+    claims = experiment.answer_claims(rows, {"tljax": {"wall_seconds": 300.0}})
+    assert claims["better_predictions"] == {"labels": "10", "scratch": pytest.approx(0.55),
+                                            "best_method": "tljax_full", "best": pytest.approx(0.76)}
+    # Scratch with all 1,000 labels: 0.79. At 100 labels both transfer methods reach it; the more accurate
+    # one (0.82 > 0.80) is named; 10× fewer labels.
+    sd = claims["smaller_datasets"]
+    assert (sd["labels"], sd["method"]) == ("100", "tljax_full") and sd["label_ratio"] == pytest.approx(10.0)
+    assert sd["scratch_accuracy"] == pytest.approx(0.79)
+    # Best scratch accuracy 0.79 takes scratch 110 s; the fastest transfer cell reaching it: minilm 100 (2 s).
+    lt = claims["less_training_time"]
+    assert (lt["method"], lt["labels"], lt["seconds"]) == ("minilm_features", "100", pytest.approx(2.0))
+    assert lt["speedup"] == pytest.approx(55.0)
+    assert claims["pretraining_seconds"] == {"tljax": 300.0}
+    text = experiment.claims_text(claims)
+    assert "10× fewer" in text and "55.0× faster" in text
+
+
+def test_claims_when_transfer_never_catches_up():
+    rows = _rows({("scratch", "10"): [(0.6, 5)], ("scratch", "all"): [(0.9, 50)],
+                  ("word2vec", "10"): [(0.55, 1)], ("word2vec", "all"): [(0.7, 2)]})
+    claims = experiment.answer_claims(rows, {})
+    assert "labels" not in claims["smaller_datasets"] and "method" not in claims["less_training_time"]
+    assert "no transfer method reaches scratch's 0.900" in experiment.claims_text(claims)
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.methods=('scratch','bogus')", "methods ['bogus'] unknown"),
+    ("--config.budgets=(100,100)", "budgets=(100, 100) must be distinct"),
+])
+def test_cli_rejects_bad_grid(flag, message, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tljax.cli", "experiment", "--config",
+                           str(REPO / "configs" / "experiments" / "learning_curve.py:quick"),
+                           "--workdir", str(tmp_path / "x"), flag], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr

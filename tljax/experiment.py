@@ -1,0 +1,460 @@
+"""The learning-curve experiment: transfer vs training from scratch across label budgets.
+
+One run = a grid of cells (method × label budget × seed); each cell is one ``finetune.run`` in
+``workdir/cells/<method>/<labels>_s<seed>/``. A cell is finished when its ``summary.json`` exists, so
+re-running the same command skips finished cells, and Ctrl-C or a crash loses at most the running cell.
+The starting points are made first when not given: a tljax MLM checkpoint pretrained on the embedded
+corpus (``workdir/pretrain``) and word2vec vectors (``workdir/word2vec``); MiniLM comes from its offline
+package. Results: ``results.csv`` (one row per cell), ``results.md`` (mean ± std), ``learning_curve.png``
+and a printed answer to the three claims of transfer learning (better predictions with few labels,
+fewer labels needed, less training time).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import io
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from tljax import config as config_lib
+from tljax.metrics import is_lead_process
+
+log = lambda msg: print(msg, flush=True) if is_lead_process() else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One way to get a classifier: a starting point (``scratch`` | ``tljax`` | ``word2vec`` | ``minilm``)
+    and a ``tljax finetune`` strategy."""
+    start: str
+    strategy: str
+    title: str
+    layer_lr_decay: float = 1.0
+
+
+METHODS = {
+    "scratch": Method("scratch", "full", "scratch (no pretraining)"),
+    "word2vec": Method("word2vec", "features", "word2vec: mean vector + logreg"),
+    "tljax_features": Method("tljax", "features", "tljax MLM: frozen features + logreg"),
+    "tljax_light": Method("tljax", "light", "tljax MLM: light (top 2 layers + head)"),
+    "tljax_full": Method("tljax", "full", "tljax MLM: full"),
+    "tljax_progressive": Method("tljax", "progressive", "tljax MLM: progressive unfreezing"),
+    "tljax_full_lld": Method("tljax", "full", "tljax MLM: full + layer-wise lr 0.8", layer_lr_decay=0.8),
+    "minilm_features": Method("minilm", "features", "MiniLM: frozen features + logreg"),
+    "minilm_light": Method("minilm", "light", "MiniLM: light (top 2 layers + head)"),
+    "minilm_full": Method("minilm", "full", "MiniLM: full"),
+}
+
+CSV_FIELDS = ("method", "start", "strategy", "labels", "num_labeled", "seed", "test_accuracy", "test_macro_f1",
+              "forgetting", "trainable_params", "wall_seconds", "best_step", "steps")
+
+
+def budget_name(budget: int) -> str:
+    return "all" if budget == 0 else str(budget)
+
+
+def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
+    """``get_config(arg)`` of an ml-collections config file (what ``--config FILE.py[:ARG]`` loads)."""
+    path = Path(path)
+    if not path.is_file():
+        raise config_lib.ConfigError(f"config file {path} not found; give an existing .py config file")
+    spec = importlib.util.spec_from_file_location(f"_tljax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def validate(config) -> None:
+    unknown = [m for m in config.methods if m not in METHODS]
+    if unknown or not config.methods:
+        raise config_lib.ConfigError(f"methods {unknown or '()'} unknown; choose from {', '.join(METHODS)}")
+    if not config.budgets or any(int(b) < 0 for b in config.budgets) or len(set(config.budgets)) != len(config.budgets):
+        raise config_lib.ConfigError(f"budgets={tuple(config.budgets)} must be distinct label counts ≥ 1, "
+                                     "or 0 for all labels")
+    if not config.seeds or len(set(config.seeds)) != len(config.seeds):
+        raise config_lib.ConfigError(f"seeds={tuple(config.seeds)} must be distinct integers")
+    if config.max_epochs <= 0:
+        raise config_lib.ConfigError(f"max_epochs={config.max_epochs} must be > 0")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Starting points
+# ----------------------------------------------------------------------------------------------------
+def _costs_path(workdir: Path) -> Path:
+    return workdir / "pretraining_costs.json"
+
+
+def prepare_starts(config, workdir: Path) -> dict:
+    """Resolve (pretraining or training where needed) every starting point the methods use.
+
+    Returns {start: {"init_from": str, "wall_seconds": float | None, "note": str}}; the wall seconds are
+    the one-off cost of making that start (None: made elsewhere, not measured here).
+    """
+    needed = {METHODS[m].start for m in config.methods}
+    costs = json.loads(_costs_path(workdir).read_text()) if _costs_path(workdir).exists() else {}
+    starts = {}
+    if needed & {"tljax", "scratch"}:
+        starts["tljax"] = _tljax_start(config.tljax, workdir, costs)
+    if "word2vec" in needed:
+        starts["word2vec"] = _word2vec_start(config.word2vec, workdir, costs)
+    if "minilm" in needed:
+        starts["minilm"] = {"init_from": config.minilm.init_from, "wall_seconds": None,
+                            "note": "pretrained by its authors (not measured here)"}
+    if is_lead_process():
+        _costs_path(workdir).write_text(json.dumps(costs, indent=2) + "\n")
+    return starts
+
+
+def _tljax_start(cfg, workdir: Path, costs: dict) -> dict:
+    from tljax import pretrain
+    if cfg.init_from:
+        summary = Path(cfg.init_from) / "summary.json"
+        seconds = json.loads(summary.read_text()).get("wall_seconds") if summary.exists() else None
+        return {"init_from": cfg.init_from, "wall_seconds": seconds, "note": f"given ({cfg.init_from})"}
+    run_dir = workdir / "pretrain"
+    pcfg = load_config_file(cfg.pretrain_config)
+    if cfg.pretrain_steps:
+        pcfg.train.steps = int(cfg.pretrain_steps)
+    log(f"pretraining the tljax MLM starting point into {run_dir} ({cfg.pretrain_config}, "
+        f"{pcfg.train.steps} steps); re-runs reuse it")
+    summary = pretrain.run(pcfg, run_dir)
+    if summary.get("steps_this_run"):  # resumed pretraining adds up over invocations
+        costs["tljax"] = costs.get("tljax", 0.0) + summary["wall_seconds"]
+    return {"init_from": str(run_dir), "wall_seconds": costs.get("tljax"),
+            "note": f"pretrained here: {summary['steps']} steps, eval MLM loss {summary['eval_loss']:.3f} "
+                    f"(unigram {summary['unigram_loss']:.3f})"}
+
+
+def _word2vec_start(cfg, workdir: Path, costs: dict) -> dict:
+    from tljax import word2vec
+    if cfg.init_from:
+        return {"init_from": cfg.init_from, "wall_seconds": None, "note": f"given ({cfg.init_from})"}
+    run_dir = workdir / "word2vec"
+    if not (run_dir / "summary.json").exists():
+        wcfg = load_config_file(cfg.config)
+        if cfg.epochs:
+            wcfg.epochs = int(cfg.epochs)
+        log(f"training word2vec vectors into {run_dir} ({cfg.config}, {wcfg.epochs} epochs)")
+        t0 = time.time()
+        word2vec.run(wcfg, run_dir)
+        costs["word2vec"] = time.time() - t0
+    return {"init_from": str(run_dir), "wall_seconds": costs.get("word2vec"), "note": "trained here"}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Cells
+# ----------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    method: str
+    budget: int  # labeled examples; 0 = all
+    seed: int
+
+    def dir(self, workdir: Path) -> Path:
+        return workdir / "cells" / self.method / f"{budget_name(self.budget)}_s{self.seed}"
+
+
+def cell_config(config, cell: Cell, starts: dict, num_all: int) -> ml_collections.ConfigDict:
+    """The ``finetune.run`` config of one cell: ``config.finetune`` + the method, budget and seed.
+
+    Steps: at most ``finetune.train.steps``, and no more than ``max_epochs`` passes over the labeled set
+    (100 labels do not need 300 steps); at least two evaluations."""
+    method = METHODS[cell.method]
+    c = ml_collections.ConfigDict(config.finetune.to_dict())
+    c.strategy, c.seed, c.layer_lr_decay = method.strategy, cell.seed, method.layer_lr_decay
+    c.data.num_labeled = cell.budget
+    if method.start == "scratch":
+        c.init_from, c.model_like = "none", starts["tljax"]["init_from"]
+    else:
+        c.init_from = starts[method.start]["init_from"]
+    c.train.lr = float(config.lr[method.start]) if method.start in config.lr else c.train.lr
+    n = cell.budget or num_all
+    by_epochs = math.ceil(config.max_epochs * n / c.data.batch_size)
+    c.train.steps = int(min(c.train.steps, max(2 * c.train.eval_every, by_epochs)))
+    c.train.warmup_steps = int(min(c.train.warmup_steps, c.train.steps // 10))
+    return c
+
+
+def _read_summary(cell_dir: Path) -> dict | None:
+    try:
+        return json.loads((cell_dir / "summary.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _differences(cell_dir: Path, cfg) -> list[str]:
+    """``field: saved -> current`` for every setting of a finished cell that the current config changes."""
+    saved = dict(config_lib.flatten(json.loads((cell_dir / "config.json").read_text())))
+    current = dict(config_lib.flatten(config_lib.to_dict(cfg)))
+    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(saved) | set(current))
+            if saved.get(k) != current.get(k)]
+
+
+def _row(cell: Cell, summary: dict, steps: int) -> dict:
+    method = METHODS[cell.method]
+    forgetting = (summary.get("forgetting") or {}).get("increase")
+    return {"method": cell.method, "start": method.start, "strategy": method.strategy,
+            "labels": budget_name(cell.budget), "num_labeled": summary["num_labeled"], "seed": cell.seed,
+            "test_accuracy": summary["test_accuracy"], "test_macro_f1": summary["test_macro_f1"],
+            "forgetting": "" if forgetting is None else forgetting,
+            "trainable_params": summary["trainable_params"], "wall_seconds": summary["wall_seconds"],
+            "best_step": summary.get("best_step") or "", "steps": steps}
+
+
+def _format_seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _eta(pending: list[Cell], seconds_by_method: dict[str, list[float]]) -> str:
+    """Remaining time: each pending cell costs its method's mean so far (the overall mean if none)."""
+    everything = [s for v in seconds_by_method.values() for s in v]
+    if not everything:
+        return "eta ?"
+    mean = float(np.mean(everything))
+    total = sum(float(np.mean(seconds_by_method[c.method])) if seconds_by_method.get(c.method) else mean
+                for c in pending)
+    return f"eta {_format_seconds(total)}"
+
+
+def run(config, workdir: str | Path) -> dict:
+    """Run (or resume) the grid into ``workdir``; write results.csv / results.md / learning_curve.png and
+    return {"rows": [...], "claims": {...}}."""
+    from tljax import finetune
+    from tljax.data import labeled
+
+    t_start = time.time()
+    validate(config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if is_lead_process():
+        config_lib.save_config(config, workdir)
+    # Cells of one method and budget compile the same step for every seed: keep compilations on disk.
+    import jax
+    from tljax.data.fetch import cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    starts = prepare_starts(config, workdir)
+    # The size of "all": the training set left after the validation examples are carved out.
+    num_all = len(labeled.load_labeled(dict(config.finetune.data, num_labeled=0), 0).train)
+
+    cells = [Cell(m, int(b), int(s)) for b in sorted(config.budgets, key=lambda b: b or math.inf)
+             for m in config.methods for s in config.seeds]
+    rows, seconds_by_method = [], {}
+    for cell in cells:
+        if (summary := _read_summary(cell.dir(workdir))) is not None:
+            seconds_by_method.setdefault(cell.method, []).append(summary["wall_seconds"])
+    log(f"experiment: {len(cells)} cells ({len(config.methods)} methods × {len(config.budgets)} label budgets "
+        f"× {len(config.seeds)} seeds), {sum(map(len, seconds_by_method.values()))} already done; "
+        f"'all' = {num_all} labels")
+
+    for k, cell in enumerate(cells, 1):
+        cell_dir = cell.dir(workdir)
+        cfg = cell_config(config, cell, starts, num_all)
+        summary = _read_summary(cell_dir)
+        if summary is not None and (diffs := _differences(cell_dir, cfg)):
+            raise config_lib.ConfigError(
+                f"cell {cell_dir} was run with other settings ({'; '.join(diffs[:3])}); use a new --workdir, "
+                f"or delete that cell folder to re-run it")
+        if summary is None:
+            pending = [c for c in cells[k - 1:] if _read_summary(c.dir(workdir)) is None]
+            log(f"[cell {k}/{len(cells)}] {cell.method}, {budget_name(cell.budget)} labels, seed {cell.seed} "
+                f"({_eta(pending, seconds_by_method)})")
+            if cell_dir.exists():  # a cell interrupted earlier: start it over
+                shutil.rmtree(cell_dir)
+            summary = finetune.run(cfg, cell_dir)
+            seconds_by_method.setdefault(cell.method, []).append(summary["wall_seconds"])
+        rows.append(_row(cell, summary, cfg.train.steps))
+        if is_lead_process():
+            write_csv(rows, workdir / "results.csv")  # after every cell: a crash keeps all finished rows
+
+    claims = answer_claims(rows, starts)
+    if is_lead_process():
+        (workdir / "results.md").write_text(results_markdown(rows, claims, starts, config))
+        plot_learning_curve(rows, workdir / "learning_curve.png", num_all)
+        (workdir / "claims.json").write_text(json.dumps(claims, indent=2) + "\n")
+    log("\n" + claims_text(claims))
+    log(f"results: {workdir}/results.csv, results.md, learning_curve.png "
+        f"({_format_seconds(time.time() - t_start)} this invocation)")
+    return {"rows": rows, "claims": claims}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Results
+# ----------------------------------------------------------------------------------------------------
+def write_csv(rows: list[dict], path: Path) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def aggregate(rows: list[dict], field: str = "test_accuracy") -> dict[tuple[str, str], tuple[float, float, int]]:
+    """{(method, labels): (mean, std over seeds, number of seeds)} of ``field`` (rows without it skipped)."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        if r[field] != "":
+            groups.setdefault((r["method"], r["labels"]), []).append(float(r[field]))
+    return {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)) for k, v in groups.items()}
+
+
+def _budget_order(labels: list[str]) -> list[str]:
+    return sorted(set(labels), key=lambda b: math.inf if b == "all" else int(b))
+
+
+def answer_claims(rows: list[dict], starts: dict) -> dict:
+    """The seed's three claims, answered from the rows (means over seeds).
+
+    - better predictions: test accuracy at the smallest budget, scratch vs the best transfer method;
+    - smaller datasets: the smallest budget at which some transfer method's accuracy reaches what scratch
+      reaches with all labels (or its largest budget), and the label ratio;
+    - less training time: the fastest transfer cell (fine-tuning wall seconds, the pretrained start being
+      reused) reaching scratch's best accuracy, vs the scratch cell that reached it; plus the one-off cost
+      of making each start.
+    """
+    acc = aggregate(rows)
+    secs = aggregate(rows, "wall_seconds")
+    budgets = _budget_order([r["labels"] for r in rows])
+    n_of = {r["labels"]: int(r["num_labeled"]) for r in rows}
+    transfer = sorted({r["method"] for r in rows} - {"scratch"})
+    out: dict = {"budgets": budgets, "pretraining_seconds": {k: v["wall_seconds"] for k, v in starts.items()}}
+    if "scratch" not in {r["method"] for r in rows} or not transfer:
+        out["note"] = "the claims need the scratch method and at least one transfer method"
+        return out
+
+    small = budgets[0]
+    best_small = max(transfer, key=lambda m: acc.get((m, small), (-1,))[0])
+    out["better_predictions"] = {"labels": small, "scratch": acc[("scratch", small)][0],
+                                 "best_method": best_small, "best": acc[(best_small, small)][0]}
+
+    scratch_budget = max((b for b in budgets if ("scratch", b) in acc), key=lambda b: n_of[b])
+    target = acc[("scratch", scratch_budget)][0]
+    # The fewest labels first; among methods reaching it there, the most accurate.
+    reached = [(n_of[b], -acc[(m, b)][0], b, m) for b in budgets for m in transfer
+               if acc.get((m, b), (-1,))[0] >= target]
+    smaller = {"scratch_labels": scratch_budget, "scratch_accuracy": target}
+    if reached:
+        n, _, b, m = min(reached)
+        smaller.update(labels=b, method=m, accuracy=acc[(m, b)][0], label_ratio=n_of[scratch_budget] / n)
+    out["smaller_datasets"] = smaller
+
+    best_scratch_budget = max((b for b in budgets if ("scratch", b) in acc), key=lambda b: acc[("scratch", b)][0])
+    best_scratch = acc[("scratch", best_scratch_budget)][0]
+    faster = {"scratch_accuracy": best_scratch, "scratch_labels": best_scratch_budget,
+              "scratch_seconds": secs[("scratch", best_scratch_budget)][0]}
+    hits = [(secs[(m, b)][0], m, b) for b in budgets for m in transfer
+            if acc.get((m, b), (-1,))[0] >= best_scratch and (m, b) in secs]
+    if hits:
+        s, m, b = min(hits)
+        faster.update(method=m, labels=b, seconds=s, speedup=faster["scratch_seconds"] / s)
+    out["less_training_time"] = faster
+    return out
+
+
+def claims_text(claims: dict) -> str:
+    """A few plain lines answering the three claims."""
+    if "note" in claims:
+        return claims["note"]
+    bp, sd, lt = claims["better_predictions"], claims["smaller_datasets"], claims["less_training_time"]
+    lines = [f"better predictions: with {bp['labels']} labels scratch reaches {bp['scratch']:.3f}, the best "
+             f"transfer method ({METHODS[bp['best_method']].title}) {bp['best']:.3f} "
+             f"({bp['best'] - bp['scratch']:+.3f})."]
+    if "labels" in sd:
+        lines.append(f"smaller datasets: scratch with {sd['scratch_labels']} labels reaches "
+                     f"{sd['scratch_accuracy']:.3f}; {METHODS[sd['method']].title} matches it with "
+                     f"{sd['labels']} labels ({sd['label_ratio']:.0f}× fewer).")
+    else:
+        lines.append(f"smaller datasets: no transfer method reaches scratch's {sd['scratch_accuracy']:.3f} "
+                     f"({sd['scratch_labels']} labels) at any budget.")
+    if "method" in lt:
+        lines.append(f"less training time: scratch needs {lt['scratch_seconds']:.0f} s ({lt['scratch_labels']} "
+                     f"labels) for {lt['scratch_accuracy']:.3f}; {METHODS[lt['method']].title} reaches it in "
+                     f"{lt['seconds']:.0f} s of fine-tuning ({lt['labels']} labels), {lt['speedup']:.1f}× faster.")
+    else:
+        lines.append(f"less training time: no transfer cell reaches scratch's best {lt['scratch_accuracy']:.3f}.")
+    costs = ", ".join(f"{k} {_format_seconds(v)}" if v is not None else f"{k} not measured here"
+                      for k, v in claims["pretraining_seconds"].items())
+    lines.append(f"one-off cost of the starting points: {costs}.")
+    return "\n".join(lines)
+
+
+def _cell_text(stat: tuple[float, float, int] | None, digits: int = 3, signed: bool = False) -> str:
+    if stat is None:
+        return "–"
+    mean, std, n = stat
+    fmt = f"{{:{'+' if signed else ''}.{digits}f}}"
+    return fmt.format(mean) + (f" ± {std:.{digits}f}" if n > 1 else "")
+
+
+def results_markdown(rows: list[dict], claims: dict, starts: dict, config) -> str:
+    """Tables (mean ± std over seeds) of test accuracy, macro-F1, forgetting and wall seconds, and the claims."""
+    budgets = _budget_order([r["labels"] for r in rows])
+    n_of = {r["labels"]: int(r["num_labeled"]) for r in rows}
+    methods = [m for m in config.methods if any(r["method"] == m for r in rows)]
+    seeds = sorted({int(r["seed"]) for r in rows})
+    head = [f"{b} ({n_of[b]:,})" if b == "all" else b for b in budgets]
+
+    def table(field: str, title: str, digits: int = 3, signed: bool = False, only=None) -> list[str]:
+        stats = aggregate(rows, field)
+        shown = [m for m in methods if (only is None or m in only) and any((m, b) in stats for b in budgets)]
+        if not shown:
+            return []
+        out = [f"**{title}**", "", "| method | " + " | ".join(head) + " |", "| --- |" + " ---: |" * len(budgets)]
+        out += [f"| {METHODS[m].title} | " + " | ".join(_cell_text(stats.get((m, b)), digits, signed) for b in budgets)
+                + " |" for m in shown]
+        return out + [""]
+
+    lines = [f"# Learning curve: {config.finetune.data.name or config.finetune.data.train}", "",
+             f"Test accuracy by number of labeled training examples; mean ± std over seeds {seeds}.", ""]
+    lines += table("test_accuracy", "Test accuracy")
+    lines += table("test_macro_f1", "Macro-F1")
+    lines += table("forgetting", "Forgetting: increase of the pretraining (MLM) loss on held-out text", signed=True)
+    lines += table("wall_seconds", "Wall seconds per cell (fine-tuning only)", digits=0)
+    lines += ["**Starting points**", ""]
+    lines += [f"- {k}: {v['init_from']} — {v['note']}" +
+              (f", {_format_seconds(v['wall_seconds'])}" if v["wall_seconds"] is not None else "")
+              for k, v in starts.items()]
+    lines += ["", "**The claims**", ""] + [f"- {line}" for line in claims_text(claims).splitlines()] + [""]
+    return "\n".join(lines)
+
+
+def plot_learning_curve(rows: list[dict], path: Path, num_all: int) -> None:
+    """Test accuracy vs labels (log x), one line per method with ± std error bars, saved as PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc = aggregate(rows)
+    budgets = _budget_order([r["labels"] for r in rows])
+    n_of = {r["labels"]: int(r["num_labeled"]) for r in rows}
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for m in dict.fromkeys(r["method"] for r in rows):
+        pts = [(n_of[b], *acc[(m, b)][:2]) for b in budgets if (m, b) in acc]
+        x, y, e = zip(*pts)
+        style = dict(color="black", linewidth=2.5) if m == "scratch" else {}
+        ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=METHODS[m].title,
+                    linestyle="--" if METHODS[m].strategy == "features" else "-", **style)
+    ax.set_xscale("log")
+    ax.set_xticks([n_of[b] for b in budgets], [f"{n_of[b]:,}" + (" (all)" if b == "all" else "") for b in budgets])
+    ax.minorticks_off()
+    ax.set_xlabel("labeled training examples")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
