@@ -13,6 +13,7 @@ import ml_collections
 from tljax.checkpoint import read_params
 from tljax.data import tokenizer as tok_lib
 from tljax.models import TransformerConfig, model_config
+from tljax.models.scan import unstack_layers
 
 
 class PretrainedError(ValueError):
@@ -58,6 +59,11 @@ def load_run(path: str | Path, with_weights: bool = True) -> Pretrained:
     if with_weights:
         params, step = read_params(ckpt_dir, step)
         fingerprint = f"{ckpt_dir}/{step}"
+    if model.scan_layers:
+        # Layer groups (freezing, layer-wise rates) and exports key off per-layer paths: a scanned run
+        # is loaded in the per-layer layout, which computes the same function.
+        params = None if params is None else unstack_layers(params)
+        model = dataclasses.replace(model, scan_layers=False)
     return Pretrained(run_dir, config, model, tokenizer, params, fingerprint)
 
 

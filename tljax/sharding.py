@@ -31,6 +31,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("length", None),
     ("act_embed", None),
     ("classes", None),
+    ("layers", None),  # the stacked-layer axis of scan_layers: every device holds all layers of its shard
 )
 
 

@@ -28,6 +28,10 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+# Compute dtypes: parameters, LayerNorm statistics, softmax and logits stay float32 under all of them.
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
     """Architecture hyper-parameters; one instance describes a BERT or a GPT model."""
@@ -49,6 +53,9 @@ class TransformerConfig:
     dtype: str = "float32"  # compute dtype; parameters stay float32
     attention_impl: str | None = None  # None: let JAX pick (cuDNN fused kernels on GPU when possible)
     remat: str = "none"  # "none" | "full" | "dots": what each layer recomputes in the backward pass
+    # One nn.scan over stacked layer parameters (encoder/layers/..., leading axis L) instead of
+    # layer_0 … layer_{L-1}: the compiled step holds one layer body, so deep models compile faster.
+    scan_layers: bool = False
 
     def __post_init__(self):
         if self.kind not in ("bert", "gpt"):
@@ -60,6 +67,8 @@ class TransformerConfig:
             raise ValueError(f"model.activation={self.activation!r} unknown; use one of {sorted(ACTIVATIONS)}")
         if self.remat not in ("none", "full", "dots"):
             raise ValueError(f"model.remat={self.remat!r} unknown; use 'none', 'full' or 'dots'")
+        if self.dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"model.dtype={self.dtype!r} unknown; use one of {', '.join(COMPUTE_DTYPES)}")
 
     @property
     def head_dim(self) -> int:
@@ -136,10 +145,14 @@ class SelfAttention(nn.Module):
             return HeadProjection(cfg, name=name)(x)
 
         q, k, v = project("query"), project("key"), project("value")  # [B, T, N, D]
-        if not deterministic and cfg.attention_dropout > 0:
+        # XLA:CPU has no float16 x float16 -> float32 dot, which jax.nn.dot_product_attention asks for in
+        # float16 (its fallback only catches eager errors): use the explicit path, whose rate 0 drops nothing.
+        cpu_f16 = dtype == jnp.float16 and jax.default_backend() == "cpu"
+        if cpu_f16 or (not deterministic and cfg.attention_dropout > 0):
             # The fused kernel has no dropout: fall back to explicit attention when it is needed.
-            out = _attention_with_dropout(q, k, v, mask, self.causal, cfg.attention_dropout,
-                                          self.make_rng("dropout"))
+            rate = 0.0 if deterministic else cfg.attention_dropout
+            out = _attention_with_dropout(q, k, v, mask, self.causal, rate,
+                                          self.make_rng("dropout") if rate > 0 else None)
         else:
             if self.causal and mask is not None:
                 out = jax.nn.dot_product_attention(q, k, v, mask=mask & _causal_mask(x.shape[1]),
@@ -158,7 +171,8 @@ def _causal_mask(length: int) -> jax.Array:
 def _attention_with_dropout(q, k, v, mask, causal, rate, rng):
     """Reference attention with dropout on the probabilities. q, k, v: [B, T, N, D] -> [B, T, N, D]."""
     scale = q.shape[-1] ** -0.5
-    logits = jnp.einsum("btnd,bsnd->bnts", q, k).astype(jnp.float32) * scale
+    # float32 scores and softmax under bf16 / f16 compute, as in the fused path.
+    logits = jnp.einsum("btnd,bsnd->bnts", q, k, preferred_element_type=jnp.float32) * scale
     if causal:
         mask = _causal_mask(q.shape[1]) if mask is None else mask & _causal_mask(q.shape[1])
     if mask is not None:
@@ -232,12 +246,13 @@ class TransformerLayer(nn.Module):
         return nn.with_logical_constraint(x.astype(cfg.compute_dtype), ("batch", "length", "act_embed"))
 
 
-def remat_layer(cfg: TransformerConfig):
-    """The layer class, wrapped in ``nn.remat`` according to ``cfg.remat``."""
+def remat_layer(cfg: TransformerConfig, layer_cls: type[nn.Module] = TransformerLayer):
+    """``layer_cls``, wrapped in ``nn.remat`` according to ``cfg.remat``. Under ``nn.scan`` the loop
+    already keeps XLA from merging the recomputation into the forward pass, so no CSE barrier is added."""
     if cfg.remat == "none":
-        return TransformerLayer
+        return layer_cls
     policy = None if cfg.remat == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-    return nn.remat(TransformerLayer, policy=policy, static_argnums=(3,))
+    return nn.remat(layer_cls, policy=policy, prevent_cse=not cfg.scan_layers, static_argnums=(3,))
 
 
 def padding_mask(attention_mask: jax.Array | None) -> jax.Array | None:

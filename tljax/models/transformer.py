@@ -2,7 +2,9 @@
 
 Layers are separate submodules ``layer_0 … layer_{L-1}`` so that parameter paths name each layer
 (``encoder/layer_3/attention/query/kernel``): freezing, layer-wise learning rates and partial restores
-key off these paths. Shapes: B = batch, T = length, H = hidden, V = vocabulary, P = predicted positions.
+key off these paths. With ``scan_layers`` they are one scanned, stacked submodule ``layers`` instead
+(``tljax.models.scan`` converts between the two layouts).
+Shapes: B = batch, T = length, H = hidden, V = vocabulary, P = predicted positions.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import flax.linen as nn
 
 from tljax.models.layers import (Dropout, TransformerConfig, layer_norm, normal_init, padding_mask,
                                  remat_layer, zeros_init, ACTIVATIONS)
+from tljax.models.scan import scanned_layers
 
 
 class Embeddings(nn.Module):
@@ -55,8 +58,11 @@ class Transformer(nn.Module):
     def setup(self):
         cfg = self.cfg
         self.embeddings = Embeddings(cfg)
-        layer_cls = remat_layer(cfg)
-        self.layers = [layer_cls(cfg, name=f"layer_{i}") for i in range(cfg.num_layers)]
+        if cfg.scan_layers:
+            self.layers = scanned_layers(cfg)(cfg, name="layers")
+        else:
+            layer_cls = remat_layer(cfg)
+            self.layers = [layer_cls(cfg, name=f"layer_{i}") for i in range(cfg.num_layers)]
         if cfg.kind == "gpt":
             self.ln_f = layer_norm(cfg, "ln_f")
 
@@ -68,8 +74,11 @@ class Transformer(nn.Module):
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
         mask = padding_mask(attention_mask)
-        for layer in self.layers:
-            x = layer(x, mask, deterministic)
+        if self.cfg.scan_layers:
+            x, _ = self.layers(x, mask, deterministic)
+        else:
+            for layer in self.layers:
+                x = layer(x, mask, deterministic)
         if self.cfg.kind == "gpt":
             x = self.ln_f(x)
         return x
