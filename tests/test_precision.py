@@ -29,8 +29,9 @@ def test_low_precision_compute_keeps_float32_where_it_matters(kind, dtype):
     model = LanguageModel(cfg)
     params = nn.meta.unbox(model.init(jax.random.key(1), ids))
     assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype("float32")}
-    assert model.apply(params, ids).dtype == jnp.float32  # logits
-    hidden = model.apply(params, ids, method=LanguageModel.encode)
+    # Under jit, as in training (an unsupported dot fails only when the whole step compiles).
+    assert jax.jit(model.apply)(params, ids).dtype == jnp.float32  # logits
+    hidden = jax.jit(lambda p: model.apply(p, ids, method=LanguageModel.encode))(params)
     # BERT's last op is a LayerNorm (float32 statistics and output); GPT's layers end in the residual.
     assert hidden.dtype == (jnp.float32 if kind == "gpt" else jnp.dtype(dtype))
     grads = jax.grad(lambda p: model.apply(p, ids).sum())(params)
@@ -57,22 +58,21 @@ def train_losses(workdir):
     return np.array([r["train/loss"] for r in rows if "train/loss" in r])
 
 
-# Tolerance: a bf16 activation carries ~3 significant digits; over 30 AdamW steps at lr 3e-3 the two runs'
-# losses drift apart by a few hundredths (measured: at most 0.03 nats, from a start at ln 300 = 5.7).
-LOSS_TOLERANCE = {"bfloat16": 0.08, "float16": 0.04}
+# Stated tolerance for 30 steps (losses fall from ln 300 = 5.7 to ~4.1): 0.01 nats. Measured on XLA:CPU:
+# 0.0002 (bf16 rounds hidden states by ~0.5 %, and the float32 logits and loss keep that from adding up).
+LOSS_TOLERANCE = 0.01
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_low_precision_run_tracks_float32(dtype, text_corpus, tmp_path):
+def test_bf16_run_tracks_float32(text_corpus, tmp_path):
     ref = pretrain.run(tiny("mlm", "bert", text_corpus, steps=30), tmp_path / "f32")
     config = tiny("mlm", "bert", text_corpus, steps=30)
-    config.model.dtype = dtype
-    low = pretrain.run(config, tmp_path / dtype)
-    a, b = train_losses(tmp_path / "f32"), train_losses(tmp_path / dtype)
-    print(f"{dtype}: max train-loss difference {np.abs(a - b).max():.4f}; eval {ref['eval_loss']:.4f} vs "
+    config.model.dtype = "bfloat16"
+    low = pretrain.run(config, tmp_path / "bf16")
+    a, b = train_losses(tmp_path / "f32"), train_losses(tmp_path / "bf16")
+    print(f"bf16: max train-loss difference {np.abs(a - b).max():.4f}; eval {ref['eval_loss']:.4f} vs "
           f"{low['eval_loss']:.4f}")
     assert len(a) == len(b) == 10 and a[-1] < a[0] - 0.5 and b[-1] < b[0] - 0.5  # both learn
-    assert np.abs(a - b).max() < LOSS_TOLERANCE[dtype]
-    assert abs(ref["eval_loss"] - low["eval_loss"]) < LOSS_TOLERANCE[dtype]
-    params, _ = read_params(tmp_path / dtype / "checkpoints")
+    assert np.abs(a - b).max() < LOSS_TOLERANCE
+    assert abs(ref["eval_loss"] - low["eval_loss"]) < LOSS_TOLERANCE
+    params, _ = read_params(tmp_path / "bf16" / "checkpoints")
     assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {np.dtype("float32")}  # master weights
