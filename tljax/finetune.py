@@ -22,7 +22,7 @@ from flax import traverse_util
 
 from tljax import config as config_lib
 from tljax import sharding as shd
-from tljax import optim, transfer
+from tljax import memory, optim, transfer
 from tljax.data import labeled, packing
 from tljax.data import tokenizer as tok_lib
 from tljax.data.fetch import cache_dir
@@ -355,6 +355,9 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, num_
     curve, best, stale = [], (-1.0, 0, None), 0
     ids_tr, mask_tr = encoded["train"]
     with shd.mesh_context(mesh, rules):
+        step_memory = memory.train_step_memory(step_fn, state, *(memory.global_batch_spec(a, B, s) for a, s in (
+            (ids_tr, batch_sharding), (mask_tr, batch_sharding), (y["train"], vec_sharding))))
+        log(memory.describe(step_memory))
         for step in range(1, config.train.steps + 1):
             idx = order.local_batch(step - 1, jax.process_index(), jax.process_count())[:, 0]
             state, metrics = step_fn(state, put(ids_tr[idx]), put(mask_tr[idx]), put(y["train"][idx]))
@@ -388,4 +391,4 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, num_
     return {"test_accuracy": float((preds == y["test"]).mean()), "test_predictions": preds,
             "validation_curve": curve, "best_step": best_step, "best_validation_accuracy": best_acc,
             "trainable_params": trainable, "frozen_params": frozen, "optimizer_state_bytes": opt_bytes,
-            "train_step_compilations": compilations, "forgetting": forgetting}
+            "train_step_compilations": compilations, "forgetting": forgetting, "memory": step_memory}

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from tljax import config as config_lib
-from tljax import objectives, optim
+from tljax import memory, objectives, optim
 from tljax import sharding as shd
 from tljax.checkpoint import Checkpoints
 from tljax.data import packing, sources
@@ -281,6 +281,9 @@ def run(config, workdir: str | Path) -> dict:
     meta = lambda s: {"data": data.position(s), "tokens_seen": s * tokens_per_step}
     try:
         with shd.mesh_context(mesh, rules):
+            step_memory = memory.train_step_memory(train_step, state, memory.global_batch_spec(
+                train_seqs, batch, batch_sharding))
+            log(memory.describe(step_memory))
             while step < stop_step:
                 rows = data.local_batch(step, jax.process_index(), jax.process_count())
                 state, metrics = train_step(state, device_batch(rows))
@@ -329,7 +332,7 @@ def run(config, workdir: str | Path) -> dict:
         "eval_loss": last_eval["loss"], "eval_accuracy": last_eval["accuracy"],
         "eval_perplexity": last_eval["perplexity"], "unigram_loss": baseline,
         "parameters": count_params(state.params), "wall_seconds": time.time() - t_start,
-        "steps_this_run": step - first_step,
+        "steps_this_run": step - first_step, "memory": step_memory,
     }
     if is_lead_process():
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
