@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tljax import optim, pretrain
+from tljax import objectives, optim, pretrain
 from tljax import sharding as shd
 from tljax.models import LanguageModel, TransformerConfig, model_config
 from tljax.state import TrainState, create_train_state
@@ -54,6 +54,20 @@ def pretrain_step(config, devices=None) -> SyntheticStep:
                    out_shardings=(state_sharding, shd.replicated(mesh)), donate_argnums=0)
     batch = jax.ShapeDtypeStruct((config.data.batch_size, seq_len), jnp.int32, sharding=batch_sharding)
     return SyntheticStep(step, state, batch, mesh, rules, mcfg)
+
+
+def train_flops(model: TransformerConfig, batch: int, seq_len: int, objective: str, mlm_rate: float = 0.15) -> float:
+    """Model FLOPs of one train step: matmuls only, 2 per multiply-add, backward = 2 x forward (so remat's
+    recomputation is not counted, as MFU conventions have it). Per token and layer: Q, K, V, output
+    projections 4 H^2, the MLP 2 H F, attention scores and mixing 2 T H. The LM head (BERT: dense H^2 + tied
+    decoder H V) runs at the P = ceil(rate T) predicted positions for MLM, at every position for CLM."""
+    h, f, layers, v = model.hidden_size, model.mlp_dim, model.num_layers, model.vocab_size
+    per_token = layers * (4 * h * h + 2 * h * f + 2 * seq_len * h)
+    if objective == "mlm":
+        head_positions, head = objectives.max_predictions(seq_len, mlm_rate), h * h + h * v
+    else:
+        head_positions, head = seq_len, h * v
+    return 6.0 * batch * (seq_len * per_token + head_positions * head)
 
 
 def random_batch(spec: jax.ShapeDtypeStruct, vocab_size: int, seed: int) -> jax.Array:
