@@ -26,6 +26,11 @@ commands:
   convert --from SRC --to DST
                           Hugging Face folder <-> tljax run: --from hf:/folder (or hf:minilm) --to runs/x
                           writes a run that init_from accepts; --from runs/x --to hf:/folder exports
+
+multi-process pretrain / finetune (the same command in every process; docs/scaling.md):
+  --coordinator=HOST:PORT --num_processes=N --process_id=I   (or TLJAX_COORDINATOR, TLJAX_NUM_PROCESSES,
+                                                               TLJAX_PROCESS_ID)
+  --distributed=auto      on a TPU pod or under SLURM: JAX discovers the processes itself
 """
 
 
@@ -77,13 +82,20 @@ def user_errors() -> tuple[type[Exception], ...]:
     from tljax.data.fetch import FetchError
     from tljax.data.sources import SourceError
     from tljax.pretrained import PretrainedError
-    return ConfigError, SourceError, FetchError, PretrainedError, FileNotFoundError
+    from tljax.distributed import DistributedError
+    return ConfigError, SourceError, FetchError, PretrainedError, DistributedError, FileNotFoundError
 
 
-def run_config_command(argv, run, interrupted: str):
-    """Parse ``--config``/``--workdir`` and call ``run(config, workdir)``, turning user errors into one line."""
-    config, values = parse_config_flags(argv)
+def run_config_command(argv, run, interrupted: str, multiprocess: bool = False):
+    """Parse ``--config``/``--workdir`` and call ``run(config, workdir)``, turning user errors into one line.
+
+    multiprocess: also accept the launch flags of ``tljax.distributed`` and join the runtime first."""
+    from tljax import distributed
+    extra = [(name, None, help_) for name, _, help_ in distributed.FLAGS] if multiprocess else []
+    config, values = parse_config_flags(argv, extra)
     try:
+        if multiprocess:  # before anything touches a device: joining needs a fresh backend
+            distributed.initialize(distributed.resolve_launch(values))
         run(config, values["workdir"])
     except user_errors() as e:
         fail(str(e))
@@ -93,12 +105,14 @@ def run_config_command(argv, run, interrupted: str):
 
 def cmd_pretrain(argv):
     from tljax import pretrain
-    run_config_command(argv, pretrain.run, "the last checkpoint is kept, re-run the same command to resume")
+    run_config_command(argv, pretrain.run, "the last checkpoint is kept, re-run the same command to resume",
+                       multiprocess=True)
 
 
 def cmd_finetune(argv):
     from tljax import finetune
-    run_config_command(argv, finetune.run, "re-run the command (a fine-tuning run is short and starts over)")
+    run_config_command(argv, finetune.run, "re-run the command (a fine-tuning run is short and starts over)",
+                       multiprocess=True)
 
 
 def cmd_word2vec(argv):
