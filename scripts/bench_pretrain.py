@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tljax import optim, pretrain
+from tljax import distributed, optim, pretrain
 from tljax import sharding as shd
 from tljax.data.packing import PackedBatches
 from tljax.defaults import pretrain_config
@@ -121,8 +121,8 @@ class TljaxBench:
         self.step = 0
 
     def device_batch(self, step: int):
-        rows = self.data.local_batch(step, jax.process_index(), jax.process_count())
-        return jax.make_array_from_process_local_data(self.batch_sharding, rows)
+        shape = (self.data.global_batch, self.data.sequences.shape[1])
+        return distributed.global_array(self.batch_sharding, shape, lambda rows: self.data.local_batch(step, rows))
 
     def run(self, n: int) -> float:
         """n train steps, as the trainer's loop does them (batch, dispatch); returns seconds until done."""

@@ -21,6 +21,7 @@ import flax.linen as nn
 from flax import traverse_util
 
 from tljax import config as config_lib
+from tljax import distributed
 from tljax import sharding as shd
 from tljax import memory, optim, transfer
 from tljax.data import labeled, packing
@@ -251,7 +252,8 @@ def run(config, workdir: str | Path) -> dict:
     data = labeled.load_labeled(config.data, config.seed)
     num_classes = len(data.label_names)
     workdir.mkdir(parents=True, exist_ok=True)
-    config_lib.save_config(config, workdir)
+    if is_lead_process():
+        config_lib.save_config(config, workdir)
     y = {"train": data.train.labels, "validation": data.validation.labels, "test": data.test.labels}
     log(f"data: {len(y['train'])} labeled train, {len(y['validation'])} validation, {len(y['test'])} test; "
         f"{num_classes} classes {data.label_names}; start: {config.init_from}, strategy: {config.strategy}")
@@ -336,11 +338,14 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, num_
 
     batch_sharding = shd.batch_sharding(mesh, rules)
     vec_sharding = shd.batch_sharding(mesh, rules, ndim=1)
-    logits_fn = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, deterministic=True))
+    # Replicated logits: every process gets every row's predictions, however the batch is split.
+    logits_fn = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, deterministic=True),
+                        out_shardings=shd.replicated(mesh))
     step_fn = jax.jit(make_classifier_step(model, tx, schedule),
                       in_shardings=(sharding, batch_sharding, batch_sharding, vec_sharding),
                       out_shardings=(sharding, shd.replicated(mesh)), donate_argnums=0)
-    put = lambda a: jax.make_array_from_process_local_data(batch_sharding if a.ndim == 2 else vec_sharding, a)
+    # a: a global batch [B, ...], the same on every process; each transfers only its devices' rows.
+    put = lambda a: distributed.global_array(batch_sharding if a.ndim == 2 else vec_sharding, a.shape, a.__getitem__)
     B = config.data.batch_size
     order = packing.PackedBatches(np.arange(len(y["train"]))[:, None], B, config.seed)
 
@@ -359,7 +364,7 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, num_
             (ids_tr, batch_sharding), (mask_tr, batch_sharding), (y["train"], vec_sharding))))
         log(memory.describe(step_memory))
         for step in range(1, config.train.steps + 1):
-            idx = order.local_batch(step - 1, jax.process_index(), jax.process_count())[:, 0]
+            idx = order.local_batch(step - 1)[:, 0]
             state, metrics = step_fn(state, put(ids_tr[idx]), put(mask_tr[idx]), put(y["train"][idx]))
             if step % config.train.eval_every == 0 or step == config.train.steps:
                 preds, vloss = predict(logits_fn, state.params, *encoded["validation"], y["validation"], B * 4, put)
@@ -371,7 +376,7 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, num_
                 progress.update(step, {"loss": m["loss"], "val_acc": vacc})
                 # Without a validation set there is nothing to select on: the last step is kept.
                 if vacc > best[0] or not len(y["validation"]):
-                    best, stale = (vacc, step, jax.device_get(state.params)), 0
+                    best, stale = (vacc, step, distributed.to_host(state.params)), 0
                 else:
                     stale += 1
                     if config.train.patience and stale >= config.train.patience:

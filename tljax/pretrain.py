@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from tljax import config as config_lib
+from tljax import distributed
 from tljax import memory, objectives, optim
 from tljax import sharding as shd
 from tljax.checkpoint import Checkpoints
@@ -67,7 +68,21 @@ def data_keys(data_cfg) -> tuple[str, str]:
 
 def setup_tokenizer(config, workdir: Path):
     """The run's tokenizer: the one saved in the workdir, else data.tokenizer.path, else a newly trained
-    one. Saved to ``workdir/tokenizer`` in Hugging Face format."""
+    one. Saved to ``workdir/tokenizer`` in Hugging Face format.
+
+    Process 0 prepares and saves it; the others load what it saved rather than train their own (training
+    is not deterministic across processes, and would race on the cache)."""
+    def saved():
+        if not (workdir / "tokenizer" / "tokenizer.json").exists():
+            raise config_lib.ConfigError(f"process {jax.process_index()} does not see {workdir / 'tokenizer'}, "
+                                         f"which process 0 wrote: the workdir must be on a filesystem every "
+                                         f"process shares (NFS, a cloud bucket mount)")
+        return tok_lib.load_tokenizer(workdir / "tokenizer")
+
+    return distributed.lead_first("preparing the tokenizer", lambda: _prepare_tokenizer(config, workdir), saved)
+
+
+def _prepare_tokenizer(config, workdir: Path):
     out = workdir / "tokenizer"
     if (out / "tokenizer.json").exists():
         return tok_lib.load_tokenizer(out)
@@ -88,10 +103,8 @@ def setup_tokenizer(config, workdir: Path):
             docs = sources.select_documents(train_documents(config.data), subsample=tcfg.train_fraction)
             tokenizer = tok_lib.train_tokenizer(tcfg.kind, docs, tcfg.vocab_size)
             log(f"trained a {tcfg.kind} tokenizer, {len(tokenizer)} tokens, in {time.time() - t0:.0f}s")
-            if is_lead_process():
-                _save_tokenizer(tokenizer, cached)
-    if is_lead_process():
-        _save_tokenizer(tokenizer, out)
+            _save_tokenizer(tokenizer, cached)
+    _save_tokenizer(tokenizer, out)
     return tokenizer
 
 
@@ -106,7 +119,8 @@ def _save_tokenizer(tokenizer, folder: Path) -> None:
 
 
 def packed_sequences(docs_fn, spec_key: str, tokenizer, config) -> np.ndarray:
-    """[N, seq_len] int32 packed sequences, cached under the data cache keyed by data + tokenizer."""
+    """[N, seq_len] int32 packed sequences, cached under the data cache keyed by data + tokenizer.
+    Process 0 builds the cache first; the others then load it (or, with a cache per host, build the same)."""
     kind = config.model.kind
     sep = tokenizer.sep_token_id if kind == "bert" else tokenizer.eos_token_id
     key = packing.cache_key(spec_key, tok_lib.tokenizer_fingerprint(tokenizer), str(config.data.seq_len), kind)
@@ -118,7 +132,8 @@ def packed_sequences(docs_fn, spec_key: str, tokenizer, config) -> np.ndarray:
         log(f"tokenized and packed {len(stream):,} tokens into {len(seqs):,} sequences in {time.time() - t0:.0f}s")
         return seqs
 
-    return packing.cached_array(cache_dir() / "packed" / f"{key}.npy", build)
+    path = cache_dir() / "packed" / f"{key}.npy"
+    return distributed.lead_first("packing the data", lambda: packing.cached_array(path, build))
 
 
 def unigram_loss(sequences: np.ndarray, vocab: int, exclude: list[int]) -> float:
@@ -256,16 +271,15 @@ def run(config, workdir: str | Path) -> dict:
                         in_shardings=(state_sharding.params, batch_sharding, None),
                         out_shardings=shd.replicated(mesh))
 
-    def device_batch(rows: np.ndarray):
-        return jax.make_array_from_process_local_data(batch_sharding, rows)
+    # Global [batch, seq_len] batches; each process reads only the rows its devices hold.
+    shape = (batch, config.data.seq_len)
+    train_batch = lambda s: distributed.global_array(batch_sharding, shape, lambda rows: data.local_batch(s, rows))
+    eval_batch = lambda i: distributed.global_array(batch_sharding, shape, lambda rows: eval_seqs[i * batch + rows])
 
     def evaluate(params) -> dict:
         totals = np.zeros(3)
-        per = batch // jax.process_count()
-        lo = jax.process_index() * per
         for i in range(n_eval_batches):
-            rows = eval_seqs[i * batch: (i + 1) * batch][lo: lo + per]
-            totals += np.asarray(jax.device_get(eval_step(params, device_batch(rows), i)))
+            totals += np.asarray(jax.device_get(eval_step(params, eval_batch(i), i)))
         loss = totals[0] / totals[2]
         return {"loss": loss, "accuracy": totals[1] / totals[2], "perplexity": math.exp(min(loss, 50))}
 
@@ -285,8 +299,7 @@ def run(config, workdir: str | Path) -> dict:
                 train_seqs, batch, batch_sharding))
             log(memory.describe(step_memory))
             while step < stop_step:
-                rows = data.local_batch(step, jax.process_index(), jax.process_count())
-                state, metrics = train_step(state, device_batch(rows))
+                state, metrics = train_step(state, train_batch(step))
                 pending.append(metrics)
                 step += 1
                 steps_since_log += 1

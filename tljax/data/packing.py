@@ -72,7 +72,7 @@ class PackedBatches:
     """Global batches of packed sequences in a seeded, per-epoch shuffled order.
 
     The batch at step s is a pure function of (sequences, seed, s): resuming at step s needs only s, and
-    process p of P reads rows [p·B/P, (p+1)·B/P) of the same global batch, so the sequence of global
+    each process reads only the rows of that global batch that its devices hold, so the sequence of global
     batches does not depend on the number of processes.
     """
 
@@ -103,10 +103,8 @@ class PackedBatches:
         return {"step": step, "epoch": consumed // len(self.sequences),
                 "index_in_epoch": consumed % len(self.sequences), "sequences": len(self.sequences)}
 
-    def local_batch(self, step: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
-        """This process's rows [global_batch / process_count, T] of the global batch at ``step``."""
-        if self.global_batch % process_count:
-            raise ValueError(f"global batch {self.global_batch} does not divide over {process_count} processes")
-        per = self.global_batch // process_count
-        idx = self.indices(step)[process_index * per: (process_index + 1) * per]
-        return self.sequences[idx]
+    def local_batch(self, step: int, positions: np.ndarray | None = None) -> np.ndarray:
+        """Rows [n, T] of the global batch at ``step``: those at ``positions`` [n] (indices into the global
+        batch; a process passes the ones its devices hold, ``distributed.local_rows``), default all."""
+        idx = self.indices(step)
+        return self.sequences[idx if positions is None else idx[positions]]
