@@ -266,7 +266,7 @@ def test_tljax_model_exports_with_pooler_and_padded_vocab(tmp_path):
     tok_dir = tmp_path / "tok"
     tok_dir.mkdir()
     tokenizer = _bert_tokenizer(tok_dir, 101)
-    pre = Pretrained(tmp_path, hf.pretraining_config(cfg, tokenizer, tok_dir, True), cfg, tokenizer, params, "x")
+    pre = Pretrained(tmp_path, hf.pretraining_config(cfg, tokenizer, tok_dir, True), cfg, tokenizer, params)
     out = hf.export_hf(pre, tmp_path / "export")
     assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
     mlm = transformers.BertForMaskedLM.from_pretrained(str(out)).eval()

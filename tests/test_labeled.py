@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tljax.data import labeled
-from tljax.data.labeled import (LabeledData, SourceError, fingerprint_texts, load_labeled,
+from tljax.data.labeled import (LabeledData, SourceError, load_labeled,
                                 read_labeled)
 
 
@@ -292,14 +292,6 @@ def test_all_labeled_carves_validation(tmp_path):
     # Defaults apply when fields are missing; extra fields are ignored.
     minimal = ml_collections.ConfigDict(dict(train=train, test=test, seq_len=64))
     assert len(load_labeled(minimal, seed=0).validation) == 30
-
-
-def test_fingerprint_texts():
-    fp = fingerprint_texts(["ab", "c"])
-    assert len(fp) == 40 and int(fp, 16) >= 0
-    assert fp == fingerprint_texts(["ab", "c"])
-    assert fp != fingerprint_texts(["a", "bc"]) and fp != fingerprint_texts(["c", "ab"])
-    assert fingerprint_texts([]) != fingerprint_texts([""])
 
 
 # --- the built-in dataset -----------------------------------------------------------------------------

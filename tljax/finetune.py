@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -93,17 +94,39 @@ def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> f
 # ----------------------------------------------------------------------------------------------------
 # (2) Feature-based transfer
 # ----------------------------------------------------------------------------------------------------
+PAD_MULTIPLE = 16  # batches are cut to their longest row rounded up to this: few compiled shapes, little padding
+
+
+def trimmed_length(mask: np.ndarray) -> int:
+    """Columns worth keeping of a right-padded batch ``mask`` [b, T]: its longest row rounded up to a
+    multiple of PAD_MULTIPLE, at most T. Cutting padding changes no output (padding is masked)."""
+    longest = int(mask.sum(1).max()) if mask.size else 1
+    return min(mask.shape[1], max(PAD_MULTIPLE, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE))
+
+
 def batched_apply(fn, params, ids: np.ndarray, mask: np.ndarray, batch: int, device_batch=lambda a: a):
-    """``fn(params, ids [b, T], mask [b, T]) -> [b, ...]`` over all N rows in batches of ``batch`` (the last
-    one padded, so one compiled shape serves every batch). Returns [N, ...] on the host, or None if N = 0."""
-    out = []
+    """``fn(params, ids [b, t], mask [b, t]) -> [b, ...]`` over all N rows [N, T] in batches of ``batch``.
+
+    Rows are grouped by length (longest first) and each batch is cut to ``trimmed_length``: short texts
+    cost short sequences. The last batch is padded with empty rows, so at most T / PAD_MULTIPLE compiled
+    shapes serve every call. Returns [N, ...] on the host in the input order, or None if N = 0."""
+    if not len(ids):
+        return None
+    order = np.argsort(-mask.sum(1), kind="stable")
+    out = None
     for lo in range(0, len(ids), batch):
-        i, m = ids[lo: lo + batch], mask[lo: lo + batch]
-        n = len(i)
+        rows = order[lo: lo + batch]
+        i, m = ids[rows], mask[rows]
+        cols = trimmed_length(m)
+        i, m = i[:, :cols], m[:, :cols]
+        n = len(rows)
         if n < batch:
             i, m = np.pad(i, ((0, batch - n), (0, 0))), np.pad(m, ((0, batch - n), (0, 0)))
-        out.append(np.asarray(jax.device_get(fn(params, device_batch(i), device_batch(m))))[:n])
-    return np.concatenate(out) if out else None
+        result = np.asarray(jax.device_get(fn(params, device_batch(i), device_batch(m))))[:n]
+        if out is None:
+            out = np.empty((len(ids), *result.shape[1:]), result.dtype)
+        out[rows] = result
+    return out
 
 
 def features_fn(model: SequenceClassifier):
@@ -117,9 +140,43 @@ def extract_features(fn, params, ids: np.ndarray, mask: np.ndarray, hidden: int,
     return np.zeros((0, hidden), np.float32) if out is None else out
 
 
-def cached_features(key_parts: list[str], compute) -> np.ndarray:
-    key = hashlib.sha1("|".join(key_parts).encode()).hexdigest()[:20]
-    return packing.cached_array(cache_dir() / "features" / f"{key}.npy", compute)
+def weights_digest(params: dict) -> str:
+    """sha1 of every leaf's path, dtype, shape and bytes: the feature cache follows the weights themselves,
+    not a path that a new run may reuse."""
+    h = hashlib.sha1()
+    for path, leaf in sorted(traverse_util.flatten_dict(params, sep="/").items()):
+        leaf = np.ascontiguousarray(leaf)
+        h.update(f"{path}|{leaf.dtype}|{leaf.shape}".encode())
+        h.update(leaf.tobytes())
+    return h.hexdigest()
+
+
+def cached_features(store_key: list[str], texts: list[str], compute) -> np.ndarray:
+    """Features [N, H] of ``texts``, cached per text: one store per encoder setting (``store_key``: checkpoint,
+    pooling, length) in ``$TLJAX_DATA_DIR/features/``, so overlapping label budgets and seeds compute each
+    text once. ``compute(rows [n] int) -> [n, H]`` encodes the given rows of ``texts``."""
+    path = cache_dir() / "features" / f"{hashlib.sha1('|'.join(store_key).encode()).hexdigest()[:20]}.npz"
+    digests = np.asarray([hashlib.sha1(t.encode("utf-8")).digest() for t in texts], dtype="S20")
+    if path.exists():
+        with np.load(path) as f:
+            stored_keys, stored = f["keys"], f["features"]
+    else:
+        stored_keys, stored = np.zeros((0,), "S20"), None
+    index = {k: i for i, k in enumerate(stored_keys.tolist())}
+    new_keys, new_rows = np.unique(digests, return_index=True)
+    missing = [(k, r) for k, r in zip(new_keys.tolist(), new_rows.tolist()) if k not in index]
+    if missing:
+        computed = np.asarray(compute(np.asarray([r for _, r in missing])), np.float32)
+        stored = computed if stored is None else np.concatenate([stored, computed])
+        stored_keys = np.concatenate([stored_keys, np.asarray([k for k, _ in missing], dtype="S20")])
+        index.update({k: len(index) + i for i, (k, _) in enumerate(missing)})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez(tmp, keys=stored_keys, features=stored)
+        os.replace(tmp, path)  # atomic: an interrupted run leaves the previous store intact
+    if stored is None:  # no texts at all
+        return np.zeros((0, 0), np.float32)
+    return stored[np.asarray([index[k] for k in digests.tolist()], dtype=np.int64)]
 
 
 def fit_probe(cfg, features: dict, labels: dict, seed: int) -> dict:
@@ -310,14 +367,17 @@ def _run_word_vectors(config, data, y) -> dict:
 def _run_features(config, model, params, pre: Pretrained, data, encoded, y) -> dict:
     t0 = time.time()
     fn, feats = features_fn(model), {}  # one compiled function for every split
+    encoder = {k: v for k, v in params.items() if k != "classifier"}
+    key = [weights_digest(encoder), tok_lib.tokenizer_fingerprint(pre.tokenizer), model.pooling,
+           str(config.data.max_len)]
     for name, (ids, mask) in encoded.items():
-        texts = getattr(data, name).texts
-        key = [pre.fingerprint, labeled.fingerprint_texts(texts), model.pooling, str(config.data.max_len)]
         feats[name] = cached_features(
-            key, lambda: extract_features(fn, params, ids, mask, model.cfg.hidden_size))
+            key, getattr(data, name).texts,
+            lambda rows: extract_features(fn, params, ids[rows], mask[rows], model.cfg.hidden_size))
+        if not len(feats[name]):
+            feats[name] = np.zeros((0, model.cfg.hidden_size), np.float32)
     log(f"features {feats['train'].shape[1]}-d for {sum(len(f) for f in feats.values())} texts in {time.time() - t0:.1f}s")
     probe = fit_probe(config, feats, y, config.seed)
-    encoder = {k: v for k, v in params.items() if k != "classifier"}
     return dict(_probe_summary(probe, y, count_params(encoder)), feature_seconds=time.time() - t0)
 
 
@@ -365,7 +425,9 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, num_
         log(memory.describe(step_memory))
         for step in range(1, config.train.steps + 1):
             idx = order.local_batch(step - 1)[:, 0]
-            state, metrics = step_fn(state, put(ids_tr[idx]), put(mask_tr[idx]), put(y["train"][idx]))
+            # Every process cuts its rows to the same length: the global batch's trimmed length.
+            cols = trimmed_length(mask_tr[order.indices(step - 1)])
+            state, metrics = step_fn(state, put(ids_tr[idx, :cols]), put(mask_tr[idx, :cols]), put(y["train"][idx]))
             if step % config.train.eval_every == 0 or step == config.train.steps:
                 preds, vloss = predict(logits_fn, state.params, *encoded["validation"], y["validation"], B * 4, put)
                 vacc = float((preds == y["validation"]).mean()) if len(preds) else 0.0

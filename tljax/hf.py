@@ -24,7 +24,6 @@ folder that ``init_from`` and ``tljax.from_pretrained`` accept), ``PretrainedMod
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -412,15 +411,6 @@ def locate(spec: str) -> Path:
                   f"a hub cache snapshot, or an alias ({', '.join(ALIASES)})")
 
 
-def _fingerprint(folder: Path) -> str:
-    h = hashlib.sha1(str(folder).encode())
-    for path in sorted(folder.iterdir()):
-        if path.name == "config.json" or path.name.startswith(("model.safetensors", "pytorch_model.bin")):
-            st = path.stat()
-            h.update(f"|{path.name}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return f"hf:{folder}:{h.hexdigest()[:16]}"
-
-
 def _load_tokenizer(folder: Path, cfg: TransformerConfig):
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers import AutoTokenizer
@@ -467,7 +457,7 @@ def load_hf(folder: str | Path, with_weights: bool = True) -> Pretrained:
         raise HFError(f"cannot read {folder / 'config.json'}: {e}") from None
     cfg = config_from_hf(hf_config)
     tokenizer = _load_tokenizer(folder, cfg)
-    params, fingerprint, head = None, "random", True
+    params, head = None, True
     if with_weights:
         files = _weight_files(folder)
         where = ", ".join(p.name for p in files) + f" in {folder}"
@@ -478,11 +468,10 @@ def load_hf(folder: str | Path, with_weights: bool = True) -> Pretrained:
             _note(f"{folder} has no MLM head (architectures {hf_config.get('architectures')}): tljax adds a "
                   f"fresh one (decoder tied to the word embeddings); its masked-LM predictions mean nothing "
                   f"until trained, and fine-tuning's forgetting measure is not meaningful")
-        fingerprint = _fingerprint(folder)
     config = pretraining_config(cfg, tokenizer, folder, lm_head_pretrained=head)
     config["hf"] = {"folder": str(folder), "model_type": hf_config.get("model_type"),
                     "architectures": hf_config.get("architectures")}
-    return Pretrained(folder, config, cfg, tokenizer, params, fingerprint)
+    return Pretrained(folder, config, cfg, tokenizer, params)
 
 
 # ----------------------------------------------------------------------------------------------------

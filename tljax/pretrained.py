@@ -24,14 +24,13 @@ class PretrainedError(ValueError):
 class Pretrained:
     """run_dir: the pretraining workdir; config: its resolved config (dict); model: its architecture;
     tokenizer: its Hugging Face tokenizer; params: the LanguageModel params (host arrays) or None for a
-    random start; fingerprint: identifies the weights (for feature caches)."""
+    random start."""
 
     run_dir: Path
     config: dict
     model: TransformerConfig
     tokenizer: object
     params: dict | None
-    fingerprint: str
 
 
 def _locate(path: Path) -> tuple[Path, Path, int | None]:
@@ -55,16 +54,15 @@ def load_run(path: str | Path, with_weights: bool = True) -> Pretrained:
     config = json.loads(config_path.read_text())
     model = model_config(ml_collections.ConfigDict(config["model"]))
     tokenizer = tok_lib.load_tokenizer(run_dir / "tokenizer")
-    params, fingerprint = None, "random"
+    params = None
     if with_weights:
         params, step = read_params(ckpt_dir, step)
-        fingerprint = f"{ckpt_dir}/{step}"
     if model.scan_layers:
         # Layer groups (freezing, layer-wise rates) and exports key off per-layer paths: a scanned run
         # is loaded in the per-layer layout, which computes the same function.
         params = None if params is None else unstack_layers(params)
         model = dataclasses.replace(model, scan_layers=False)
-    return Pretrained(run_dir, config, model, tokenizer, params, fingerprint)
+    return Pretrained(run_dir, config, model, tokenizer, params)
 
 
 def _load(path: str, with_weights: bool = True) -> Pretrained:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import glob
-import hashlib
 import io
 import json
 import numbers
@@ -39,7 +38,7 @@ import numpy as np
 
 from tljax.data.sources import SourceError
 
-__all__ = ["LabeledSplit", "LabeledData", "read_labeled", "load_labeled", "fingerprint_texts",
+__all__ = ["LabeledSplit", "LabeledData", "read_labeled", "load_labeled",
            "SourceError"]
 
 _SPEC_KINDS = ("csv", "jsonl", "tfds", "builtin")
@@ -445,17 +444,3 @@ def load_labeled(data_cfg, seed: int) -> LabeledData:
         label_names=list(label_names),
         num_train_available=available,
     )
-
-
-def fingerprint_texts(texts: list[str]) -> str:
-    """A stable sha1 hex digest (40 chars) of a list of texts, in order; for cache keys.
-
-    Each text is length-prefixed, so ``["ab", "c"]`` and ``["a", "bc"]`` differ.
-    """
-    h = hashlib.sha1(b"tljax-texts-v1")
-    h.update(len(texts).to_bytes(8, "little"))
-    for text in texts:
-        data = text.encode("utf-8")
-        h.update(len(data).to_bytes(8, "little"))
-        h.update(data)
-    return h.hexdigest()
