@@ -187,3 +187,11 @@ def test_cli_rejects_bad_grid(flag, message, tmp_path):
                            "--workdir", str(tmp_path / "x"), flag], capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr
+
+
+def test_claims_of_a_grid_in_progress():
+    # Transfer results at 10 labels but scratch not yet run there: the claims use the budgets both have.
+    rows = _rows({("word2vec", "10"): [(0.55, 1)], ("scratch", "100"): [(0.6, 5)], ("word2vec", "100"): [(0.7, 2)]})
+    claims = experiment.answer_claims(rows, {})
+    assert claims["better_predictions"]["labels"] == "100"
+    assert experiment.answer_claims(_rows({("word2vec", "10"): [(0.55, 1)]}), {})["note"].startswith("the claims need")

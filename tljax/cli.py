@@ -1,4 +1,4 @@
-"""The ``tljax`` command: ``tljax pretrain|finetune|word2vec|data prepare`` … with ml-collections configs.
+"""The ``tljax`` command: ``tljax pretrain|finetune|word2vec|experiment|data prepare`` … with ml-collections configs.
 
     tljax pretrain --config configs/bert_mlm_tiny.py --workdir runs/bert_tiny [--config.train.steps=300]
     tljax data prepare [--force]
@@ -22,6 +22,9 @@ commands:
                           text classification by transfer (features, light, full, progressive)
   word2vec --config FILE.py --workdir DIR [--config.FIELD=VALUE ...]
                           word2vec (skip-gram/CBOW, negative sampling) word vectors in JAX
+  experiment --config FILE.py[:quick] --workdir DIR [--config.FIELD=VALUE ...]
+                          transfer vs scratch across label budgets: results.csv/.md, learning_curve.png
+                          (resumes: finished cells are kept)
   data prepare [--force]  fetch and prepare the embedded offline corpus and Rotten Tomatoes
   convert --from SRC --to DST
                           Hugging Face folder <-> tljax run: --from hf:/folder (or hf:minilm) --to runs/x
@@ -120,6 +123,11 @@ def cmd_word2vec(argv):
     run_config_command(argv, word2vec.run, "nothing was saved, re-run the command")
 
 
+def cmd_experiment(argv):
+    from tljax import experiment
+    run_config_command(argv, experiment.run, "finished cells are kept, re-run the same command to resume")
+
+
 def cmd_data(argv):
     if not argv or argv[0] != "prepare" or any(a not in ("--force",) for a in argv[1:]):
         fail("usage: tljax data prepare [--force]")
@@ -157,7 +165,8 @@ def cmd_convert(argv):
         fail(str(e))
 
 
-COMMANDS = {"pretrain": cmd_pretrain, "finetune": cmd_finetune, "word2vec": cmd_word2vec, "data": cmd_data,
+COMMANDS = {"pretrain": cmd_pretrain, "finetune": cmd_finetune, "word2vec": cmd_word2vec,
+            "experiment": cmd_experiment, "data": cmd_data,
             "convert": cmd_convert}
 
 

@@ -274,14 +274,8 @@ def run(config, workdir: str | Path) -> dict:
             summary = finetune.run(cfg, cell_dir)
             seconds_by_method.setdefault(cell.method, []).append(summary["wall_seconds"])
         rows.append(_row(cell, summary, cfg.train.steps))
-        if is_lead_process():
-            write_csv(rows, workdir / "results.csv")  # after every cell: a crash keeps all finished rows
+        claims = write_results(rows, starts, config, workdir)  # after every cell: a crash keeps them all
 
-    claims = answer_claims(rows, starts)
-    if is_lead_process():
-        (workdir / "results.md").write_text(results_markdown(rows, claims, starts, config))
-        plot_learning_curve(rows, workdir / "learning_curve.png", num_all)
-        (workdir / "claims.json").write_text(json.dumps(claims, indent=2) + "\n")
     log("\n" + claims_text(claims))
     log(f"results: {workdir}/results.csv, results.md, learning_curve.png "
         f"({_format_seconds(time.time() - t_start)} this invocation)")
@@ -291,6 +285,17 @@ def run(config, workdir: str | Path) -> dict:
 # ----------------------------------------------------------------------------------------------------
 # Results
 # ----------------------------------------------------------------------------------------------------
+def write_results(rows: list[dict], starts: dict, config, workdir: Path) -> dict:
+    """results.csv, results.md, learning_curve.png and claims.json from the rows so far; returns the claims."""
+    claims = answer_claims(rows, starts)
+    if is_lead_process():
+        write_csv(rows, workdir / "results.csv")
+        (workdir / "results.md").write_text(results_markdown(rows, claims, starts, config))
+        plot_learning_curve(rows, workdir / "learning_curve.png")
+        (workdir / "claims.json").write_text(json.dumps(claims, indent=2) + "\n")
+    return claims
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
@@ -330,12 +335,14 @@ def answer_claims(rows: list[dict], starts: dict) -> dict:
     n_of = {r["labels"]: int(r["num_labeled"]) for r in rows}
     transfer = sorted({r["method"] for r in rows} - {"scratch"})
     out: dict = {"budgets": budgets, "pretraining_seconds": {k: v["wall_seconds"] for k, v in starts.items()}}
-    if "scratch" not in {r["method"] for r in rows} or not transfer:
-        out["note"] = "the claims need the scratch method and at least one transfer method"
+    # Budgets where scratch and some transfer method both have results (a grid in progress has gaps).
+    shared = [b for b in budgets if ("scratch", b) in acc and any((m, b) in acc for m in transfer)]
+    if not shared:
+        out["note"] = "the claims need results of the scratch method and a transfer method at one budget"
         return out
 
-    small = budgets[0]
-    best_small = max(transfer, key=lambda m: acc.get((m, small), (-1,))[0])
+    small = shared[0]
+    best_small = max((m for m in transfer if (m, small) in acc), key=lambda m: acc[(m, small)][0])
     out["better_predictions"] = {"labels": small, "scratch": acc[("scratch", small)][0],
                                  "best_method": best_small, "best": acc[(best_small, small)][0]}
 
@@ -430,7 +437,7 @@ def results_markdown(rows: list[dict], claims: dict, starts: dict, config) -> st
     return "\n".join(lines)
 
 
-def plot_learning_curve(rows: list[dict], path: Path, num_all: int) -> None:
+def plot_learning_curve(rows: list[dict], path: Path) -> None:
     """Test accuracy vs labels (log x), one line per method with ± std error bars, saved as PNG."""
     import matplotlib
     matplotlib.use("Agg")
