@@ -20,8 +20,7 @@ def one_device(monkeypatch):
     monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1] if not a else jax.local_devices(*a)[:1])
 
 
-@pytest.mark.parametrize("kind", ["bert", "gpt"])
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("kind,dtype", [("bert", "bfloat16"), ("gpt", "float16")])
 def test_low_precision_compute_keeps_float32_where_it_matters(kind, dtype):
     cfg = TransformerConfig(kind=kind, vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64,
                             max_len=16, dtype=dtype)
