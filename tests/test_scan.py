@@ -12,6 +12,7 @@ import pytest
 import flax.linen as nn
 
 from tljax import finetune, pretrain
+from tljax.config import resume_differences
 from tljax.models import LanguageModel, TransformerConfig
 from tljax.models.scan import stack_layers, unstack_layers
 from tljax.pretrained import load_run
@@ -50,6 +51,15 @@ def test_scanned_model_is_the_per_layer_model_with_stacked_params(kind, remat):
 def test_stack_layers_needs_contiguous_layers():
     with pytest.raises(ValueError, match=r"encoder has layers \[0, 2\]"):
         stack_layers({"encoder": {"layer_0": {"w": np.ones(2)}, "layer_2": {"w": np.ones(2)}}})
+
+
+def test_resume_check_allows_compute_settings_and_refuses_a_layout_change():
+    saved = {"objective": "mlm", "model": {"num_layers": 2, "dtype": "float32", "remat": "none"}}  # older run
+    current = {"objective": "mlm", "model": {"num_layers": 2, "dtype": "bfloat16", "remat": "full",
+                                             "scan_layers": False}}
+    assert resume_differences(saved, current) == []
+    current["model"]["scan_layers"] = True
+    assert resume_differences(saved, current) == ["model.scan_layers: False -> True"]
 
 
 @pytest.fixture(autouse=True)
