@@ -318,9 +318,9 @@ def test_forgetting_measure_runs_with_a_fresh_head(tmp_path, text_corpus, monkey
     assert pre.config["data"]["eval_source"] == "builtin:corpus_eval"
     # An empty cache (other tests of the session may have prepared the corpus in theirs): None, no crash.
     monkeypatch.setenv("TLJAX_DATA_DIR", str(tmp_path / "empty_cache"))
-    assert finetune.pretraining_loss(pre, pre.params, 8, 4) is None
+    assert finetune.pretraining_loss_fn(pre, 8, 4) is None
     pre.config["data"].update(source=f"text:{text_corpus}/*.txt", eval_source=f"text:{text_corpus}/*.txt")
-    loss = finetune.pretraining_loss(pre, pre.params, 8, 4)
+    loss = finetune.pretraining_loss_fn(pre, 8, 4)(pre.params)
     assert loss is not None and np.isfinite(loss)
 
 

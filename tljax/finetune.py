@@ -247,9 +247,10 @@ def predict(logits_fn, params, ids: np.ndarray, mask: np.ndarray, labels: np.nda
 # ----------------------------------------------------------------------------------------------------
 # (4) Forgetting
 # ----------------------------------------------------------------------------------------------------
-def pretraining_loss(pre: Pretrained, params: dict, num_sequences: int, batch: int) -> float | None:
-    """Loss of the pretraining objective (MLM or CLM, with the checkpoint's LM head) on the pretraining
-    run's held-out text, for the given LanguageModel params. None when that text is not available."""
+def pretraining_loss_fn(pre: Pretrained, num_sequences: int, batch: int):
+    """``params -> loss`` of the pretraining objective (MLM or CLM, with the checkpoint's LM head) on the
+    pretraining run's held-out text, for LanguageModel params; compiled once, so measuring before and after
+    fine-tuning compiles one step. None when that text is not available."""
     from tljax import pretrain
     cfg = ml_collections.ConfigDict(pre.config)
     try:
@@ -264,13 +265,17 @@ def pretraining_loss(pre: Pretrained, params: dict, num_sequences: int, batch: i
     loss_fn = pretrain.make_loss_fn(model, cfg, specials, len(pre.tokenizer),
                                     pre.tokenizer.mask_token_id if cfg.objective == "mlm" else 0)
     step = jax.jit(pretrain.make_eval_step(loss_fn, cfg.seed))
-    totals = np.zeros(3)
-    for i in range(len(seqs) // batch):
-        totals += np.asarray(step(params, jnp.asarray(seqs[i * batch: (i + 1) * batch]), i))
-    if totals[2] == 0:
-        log("forgetting not measured: no token of the held-out text is a prediction target")
-        return None
-    return float(totals[0] / totals[2])
+
+    def measure(params: dict) -> float | None:
+        totals = np.zeros(3)
+        for i in range(len(seqs) // batch):
+            totals += np.asarray(step(params, jnp.asarray(seqs[i * batch: (i + 1) * batch]), i))
+        if totals[2] == 0:
+            log("forgetting not measured: no token of the held-out text is a prediction target")
+            return None
+        return float(totals[0] / totals[2])
+
+    return measure
 
 
 def with_backbone(lm_params: dict, classifier_params: dict) -> dict:
@@ -325,7 +330,9 @@ def run(config, workdir: str | Path) -> dict:
         model = SequenceClassifier(pre.model, num_classes, pooling=pooling, head_dropout=config.head_dropout)
         encoded = {name: encode_texts(pre.tokenizer, getattr(data, name).texts, config.data.max_len)
                    for name in ("train", "validation", "test")}
-        fresh = model.init(jax.random.key(config.seed), encoded["train"][0][:1], encoded["train"][1][:1])["params"]
+        # Jitted: an eager init dispatches every initializer op by op (seconds per run).
+        fresh = jax.jit(model.init)(jax.random.key(config.seed), encoded["train"][0][:1],
+                                    encoded["train"][1][:1])["params"]
         fresh = jax.tree.map(np.asarray, nn.meta.unbox(fresh))
         start_params = fresh
         if pre.params is not None:
@@ -409,19 +416,22 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, num_
     B = config.data.batch_size
     order = packing.PackedBatches(np.arange(len(y["train"]))[:, None], B, config.seed)
 
-    before = None
+    before = measure_forgetting = None
     # A checkpoint whose LM head was added fresh (e.g. a Hugging Face BertModel) has no pretraining loss
     # to forget: measuring it would report the loss of a random head.
     if config.forgetting.enabled and pre.params is not None and pre.config.get("lm_head_pretrained", True):
-        before = pretraining_loss(pre, pre.params, config.forgetting.sequences, config.forgetting.batch_size)
+        measure_forgetting = pretraining_loss_fn(pre, config.forgetting.sequences, config.forgetting.batch_size)
+        before = measure_forgetting(pre.params) if measure_forgetting else None
 
     writer = MetricWriter(workdir)
     progress = Progress(config.train.steps, 0, f"finetune {config.strategy}", config.train.log_every)
     curve, best, stale = [], (-1.0, 0, None), 0
     ids_tr, mask_tr = encoded["train"]
+    longest = trimmed_length(mask_tr)  # the widest batch training will see: its compilation is reused
     with shd.mesh_context(mesh, rules):
         step_memory = memory.train_step_memory(step_fn, state, *(memory.global_batch_spec(a, B, s) for a, s in (
-            (ids_tr, batch_sharding), (mask_tr, batch_sharding), (y["train"], vec_sharding))))
+            (ids_tr[:, :longest], batch_sharding), (mask_tr[:, :longest], batch_sharding),
+            (y["train"], vec_sharding))))
         log(memory.describe(step_memory))
         for step in range(1, config.train.steps + 1):
             idx = order.local_batch(step - 1)[:, 0]
@@ -451,8 +461,7 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, num_
     preds, _ = predict(logits_fn, jax.device_put(best_params, sharding.params), *encoded["test"], y["test"], B * 4, put)
     forgetting = None
     if before is not None:
-        after = pretraining_loss(pre, with_backbone(pre.params, best_params), config.forgetting.sequences,
-                                 config.forgetting.batch_size)
+        after = measure_forgetting(with_backbone(pre.params, best_params))
         if after is not None:
             forgetting = {"pretrain_loss_before": before, "pretrain_loss_after": after, "increase": after - before}
     return {"test_accuracy": float((preds == y["test"]).mean()), "test_predictions": preds,
