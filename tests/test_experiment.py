@@ -84,13 +84,13 @@ def test_grid_end_to_end_with_resume(task, text_corpus, tmp_path, monkeypatch):
     workdir = tmp_path / "lc"
     real_run, calls = finetune.run, []
 
-    def interrupted_on_sixth(cfg, cell_dir):
+    def interrupted_on_sixth(cfg, cell_dir, **kw):
         calls.append(Path(cell_dir))
         if len(calls) == 6:
             (Path(cell_dir) / "partial").parent.mkdir(parents=True, exist_ok=True)
             (Path(cell_dir) / "partial").write_text("a cell killed half-way leaves files behind")
             raise KeyboardInterrupt
-        return real_run(cfg, cell_dir)
+        return real_run(cfg, cell_dir, **kw)
 
     monkeypatch.setattr(finetune, "run", interrupted_on_sixth)
     with pytest.raises(KeyboardInterrupt):
@@ -100,7 +100,7 @@ def test_grid_end_to_end_with_resume(task, text_corpus, tmp_path, monkeypatch):
     assert (workdir / "pretrain" / "summary.json").exists() and (workdir / "word2vec" / "vectors.npz").exists()
 
     calls.clear()
-    monkeypatch.setattr(finetune, "run", lambda cfg, d: calls.append(Path(d)) or real_run(cfg, d))
+    monkeypatch.setattr(finetune, "run", lambda cfg, d, **kw: calls.append(Path(d)) or real_run(cfg, d, **kw))
     result = experiment.run(config, workdir)
     assert len(calls) == 16 - 5  # finished cells are skipped; the interrupted one starts over
     assert not any((d / "partial").exists() for d in calls)

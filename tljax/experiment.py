@@ -271,7 +271,8 @@ def run(config, workdir: str | Path) -> dict:
                 f"({_eta(pending, seconds_by_method)})")
             if cell_dir.exists():  # a cell interrupted earlier: start it over
                 shutil.rmtree(cell_dir)
-            summary = finetune.run(cfg, cell_dir)
+            # No feature cache: a cell's wall seconds must not depend on which cells ran before it.
+            summary = finetune.run(cfg, cell_dir, feature_cache=False)
             seconds_by_method.setdefault(cell.method, []).append(summary["wall_seconds"])
         rows.append(_row(cell, summary, cfg.train.steps))
         claims = write_results(rows, starts, config, workdir)  # after every cell: a crash keeps them all

@@ -299,8 +299,11 @@ def is_word_vectors(init_from: str) -> bool:
             or (path.is_file() and path.suffix in (".txt", ".bin", ".vec")))
 
 
-def run(config, workdir: str | Path) -> dict:
-    """Fine-tune (or probe) per ``config`` into ``workdir``; returns and writes ``summary.json``."""
+def run(config, workdir: str | Path, feature_cache: bool = True) -> dict:
+    """Fine-tune (or probe) per ``config`` into ``workdir``; returns and writes ``summary.json``.
+
+    feature_cache: reuse frozen features of texts encoded by earlier runs (off when a run is timed, as in
+    ``tljax experiment``: its wall seconds then include encoding every text)."""
     t_start = time.time()
     workdir = Path(workdir)
     if config.strategy not in transfer.STRATEGIES:
@@ -341,7 +344,7 @@ def run(config, workdir: str | Path) -> dict:
                 log("note: the checkpoint has no pooler; it starts fresh")
         summary["pooling"] = pooling
         if config.strategy == "features":
-            summary.update(_run_features(config, model, start_params, pre, data, encoded, y))
+            summary.update(_run_features(config, model, start_params, pre, data, encoded, y, feature_cache))
         else:
             summary.update(_run_gradient(config, model, start_params, pre, encoded, y, num_classes, workdir))
 
@@ -371,16 +374,16 @@ def _run_word_vectors(config, data, y) -> dict:
     return _probe_summary(fit_probe(config, feats, y, config.seed), y, int(vectors.vectors.size))
 
 
-def _run_features(config, model, params, pre: Pretrained, data, encoded, y) -> dict:
+def _run_features(config, model, params, pre: Pretrained, data, encoded, y, use_cache: bool) -> dict:
     t0 = time.time()
     fn, feats = features_fn(model), {}  # one compiled function for every split
     encoder = {k: v for k, v in params.items() if k != "classifier"}
     key = [weights_digest(encoder), tok_lib.tokenizer_fingerprint(pre.tokenizer), model.pooling,
-           str(config.data.max_len)]
+           str(config.data.max_len)] if use_cache else None
     for name, (ids, mask) in encoded.items():
-        feats[name] = cached_features(
-            key, getattr(data, name).texts,
-            lambda rows: extract_features(fn, params, ids[rows], mask[rows], model.cfg.hidden_size))
+        encode = lambda rows: extract_features(fn, params, ids[rows], mask[rows], model.cfg.hidden_size)
+        feats[name] = (cached_features(key, getattr(data, name).texts, encode) if use_cache
+                       else encode(np.arange(len(ids))))
         if not len(feats[name]):
             feats[name] = np.zeros((0, model.cfg.hidden_size), np.float32)
     log(f"features {feats['train'].shape[1]}-d for {sum(len(f) for f in feats.values())} texts in {time.time() - t0:.1f}s")
