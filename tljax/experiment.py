@@ -389,7 +389,8 @@ def claims_text(claims: dict) -> str:
     if "method" in lt:
         lines.append(f"less training time: scratch needs {lt['scratch_seconds']:.0f} s ({lt['scratch_labels']} "
                      f"labels) for {lt['scratch_accuracy']:.3f}; {METHODS[lt['method']].title} reaches it in "
-                     f"{lt['seconds']:.0f} s of fine-tuning ({lt['labels']} labels), {lt['speedup']:.1f}× faster.")
+                     f"{lt['seconds']:.0f} s of fine-tuning ({lt['labels']} labels), "
+                     + (f"{lt['speedup']:.1f}× faster." if lt["speedup"] >= 1 else f"{1 / lt['speedup']:.1f}× slower."))
     else:
         lines.append(f"less training time: no transfer cell reaches scratch's best {lt['scratch_accuracy']:.3f}.")
     costs = ", ".join(f"{k} {_format_seconds(v)}" if v is not None else f"{k} not measured here"
