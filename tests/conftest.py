@@ -54,3 +54,22 @@ def tiny_pretrain_config(objective, kind, corpus, **train):
     c.train.update(**train)
     c.mesh.shape = (1, 1, 1)  # one of the 8 test devices: keeps the run small
     return c
+
+
+def write_keyword_task(root, sizes=(("train", 120), ("test", 40)), columns=("text", "label"),
+                       labels=("neg", "pos"), seed=0):
+    """CSV files root/<split>.csv of a two-class task: each text is 8 filler words plus "little" (class 0)
+    or "great" (class 1), shuffled; classes alternate row by row."""
+    import csv
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    filler = "the of and to in a is that for it as was with be by on not he this are".split()
+    for name, n in sizes:
+        with open(root / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(list(columns))
+            for i in range(n):
+                words = list(rng.choice(filler, 8)) + [("little", "great")[i % 2]]
+                rng.shuffle(words)
+                w.writerow([" ".join(words), labels[i % 2]])
+    return root

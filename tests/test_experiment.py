@@ -8,9 +8,9 @@ import textwrap
 from pathlib import Path
 
 import jax
-import numpy as np
 import pytest
 
+from conftest import write_keyword_task
 from tljax import experiment, finetune
 from tljax.config import ConfigError
 
@@ -25,19 +25,7 @@ def one_device(monkeypatch):
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
     """A CSV task whose label is carried by one word ("great" vs "little") among filler words."""
-    root = tmp_path_factory.mktemp("task")
-    rng = np.random.default_rng(1)
-    filler = "the of and to in a is that for it as was with be by on not he this are".split()
-    for name, n in (("train", 120), ("test", 40)):
-        with open(root / f"{name}.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["text", "label"])
-            for i in range(n):
-                label = ["neg", "pos"][i % 2]
-                words = list(rng.choice(filler, 8)) + ["great" if label == "pos" else "little"]
-                rng.shuffle(words)
-                w.writerow([" ".join(words), label])
-    return root
+    return write_keyword_task(tmp_path_factory.mktemp("task"), seed=1)
 
 
 def mini_config(task, text_corpus, tmp_path):

@@ -1,12 +1,11 @@
 """End-to-end fine-tuning from a tiny pretraining run on a user CSV file, with every strategy."""
-import csv
 import json
 
 import numpy as np
 import jax
 import pytest
 
-from conftest import tiny_pretrain_config
+from conftest import tiny_pretrain_config, write_keyword_task
 from tljax import finetune, pretrain
 from tljax.config import ConfigError
 from tljax.pretrained import PretrainedError
@@ -39,19 +38,8 @@ def pretrained_run(text_corpus, tmp_path_factory):
 @pytest.fixture(scope="module")
 def csv_task(tmp_path_factory):
     """A sentiment-like task: label "pos" texts contain "great", "neg" texts contain "little"."""
-    root = tmp_path_factory.mktemp("task")
-    rng = np.random.default_rng(0)
-    filler = "the of and to in a is that for it as was with be by on not he this are".split()
-    for name, n in (("train", 200), ("test", 60)):
-        with open(root / f"{name}.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["sentence", "sentiment"])
-            for i in range(n):
-                label = ["neg", "pos"][i % 2]
-                words = list(rng.choice(filler, 8)) + ["great" if label == "pos" else "little"]
-                rng.shuffle(words)
-                w.writerow([" ".join(words), label])
-    return root
+    return write_keyword_task(tmp_path_factory.mktemp("task"), (("train", 200), ("test", 60)),
+                              columns=("sentence", "sentiment"))
 
 
 def ft_config(run, task, strategy, **kw):

@@ -1,6 +1,5 @@
 """Scan over layers: same function as the per-layer model with converted parameters; a scanned run's
 checkpoint fine-tunes with per-layer freezing (it loads in the per-layer layout)."""
-import csv
 import importlib.util
 import json
 import pathlib
@@ -16,7 +15,7 @@ from tljax.config import resume_differences
 from tljax.models import LanguageModel, TransformerConfig
 from tljax.models.scan import stack_layers, unstack_layers
 from tljax.pretrained import load_run
-from conftest import tiny_pretrain_config as tiny
+from conftest import tiny_pretrain_config as tiny, write_keyword_task
 
 
 def cfg(kind, **kw):
@@ -68,17 +67,8 @@ def one_device(monkeypatch):
 
 
 def write_task(root: pathlib.Path):
-    """Two classes marked by one word each ("great" / "little") among filler words."""
-    rng = np.random.default_rng(0)
-    filler = "the of and to in a is that for it as was with be by on not he this are".split()
-    for name, n in (("train", 120), ("test", 40)):
-        with open(root / f"{name}.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["text", "label"])
-            for i in range(n):
-                words = list(rng.choice(filler, 8)) + [("little", "great")[i % 2]]
-                rng.shuffle(words)
-                w.writerow([" ".join(words), i % 2])
+    """Two classes marked by one word each ("great" / "little") among filler words; labels 0 / 1."""
+    return write_keyword_task(root, labels=(0, 1))
 
 
 def test_scanned_run_fine_tunes_with_per_layer_freezing(text_corpus, tmp_path):
