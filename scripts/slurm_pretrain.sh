@@ -13,7 +13,8 @@
 set -euo pipefail
 
 : "${SLURM_JOB_NODELIST:?run this with sbatch (or inside salloc)}"
-coordinator_host=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+# sed reads every line: `head -n 1` would exit early and, under pipefail, fail the job on SIGPIPE.
+coordinator_host=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
 export TLJAX_COORDINATOR="$coordinator_host:${PORT:-12345}"
 export TLJAX_NUM_PROCESSES="$SLURM_NTASKS"
 tljax=${TLJAX:-$SLURM_SUBMIT_DIR/.venv/bin/tljax}
