@@ -49,7 +49,7 @@ SPECIALS = [PAD, UNK, CLS, SEP, MASK]
 
 SIZES = {
     # configs/bert_mlm_tiny.py
-    "tiny": dict(hidden=128, layers=4, heads=4, mlp=512, seq=128, batch=32, vocab=8192, lr=1e-3, steps=8),
+    "tiny": dict(hidden=128, layers=4, heads=4, mlp=256, seq=64, batch=64, vocab=8192, lr=2e-3, steps=8),
     # BERT-small (Turc et al. 2019, "L-4 H-512"), BERT's WordPiece vocabulary size
     "small": dict(hidden=512, layers=4, heads=8, mlp=2048, seq=128, batch=16, vocab=30522, lr=5e-4, steps=3),
 }
