@@ -249,30 +249,31 @@ def run(config, workdir: str | Path) -> dict:
 
     cells = [Cell(m, int(b), int(s)) for b in sorted(config.budgets, key=lambda b: b or math.inf)
              for m in config.methods for s in config.seeds]
+    # Each finished cell's summary is read once; the ETA then follows this dict, not the disk.
+    finished = {c: s for c in cells if (s := _read_summary(c.dir(workdir))) is not None}
     rows, seconds_by_method = [], {}
-    for cell in cells:
-        if (summary := _read_summary(cell.dir(workdir))) is not None:
-            seconds_by_method.setdefault(cell.method, []).append(summary["wall_seconds"])
+    for cell, summary in finished.items():
+        seconds_by_method.setdefault(cell.method, []).append(summary["wall_seconds"])
     log(f"experiment: {len(cells)} cells ({len(config.methods)} methods × {len(config.budgets)} label budgets "
-        f"× {len(config.seeds)} seeds), {sum(map(len, seconds_by_method.values()))} already done; "
+        f"× {len(config.seeds)} seeds), {len(finished)} already done; "
         f"'all' = {num_all} labels")
 
     for k, cell in enumerate(cells, 1):
         cell_dir = cell.dir(workdir)
         cfg = cell_config(config, cell, starts, num_all)
-        summary = _read_summary(cell_dir)
+        summary = finished.get(cell)
         if summary is not None and (diffs := _differences(cell_dir, cfg)):
             raise config_lib.ConfigError(
                 f"cell {cell_dir} was run with other settings ({'; '.join(diffs[:3])}); use a new --workdir, "
                 f"or delete that cell folder to re-run it")
         if summary is None:
-            pending = [c for c in cells[k - 1:] if _read_summary(c.dir(workdir)) is None]
+            pending = [c for c in cells[k - 1:] if c not in finished]
             log(f"[cell {k}/{len(cells)}] {cell.method}, {budget_name(cell.budget)} labels, seed {cell.seed} "
                 f"({_eta(pending, seconds_by_method)})")
             if cell_dir.exists():  # a cell interrupted earlier: start it over
                 shutil.rmtree(cell_dir)
             # No feature cache: a cell's wall seconds must not depend on which cells ran before it.
-            summary = finetune.run(cfg, cell_dir, feature_cache=False)
+            summary = finished[cell] = finetune.run(cfg, cell_dir, feature_cache=False)
             seconds_by_method.setdefault(cell.method, []).append(summary["wall_seconds"])
         rows.append(_row(cell, summary, cfg.train.steps))
         claims = write_results(rows, starts, config, workdir)  # after every cell: a crash keeps them all
