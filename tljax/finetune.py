@@ -153,8 +153,8 @@ def weights_digest(params: dict) -> str:
 
 def cached_features(store_key: list[str], texts: list[str], compute) -> np.ndarray:
     """Features [N, H] of ``texts``, cached per text: one store per encoder setting (``store_key``: digest of
-    the encoder's weights, tokenizer fingerprint, pooling, length) in ``$TLJAX_DATA_DIR/features/``, so overlapping label budgets and seeds compute each
-    text once. ``compute(rows [n] int) -> [n, H]`` encodes the given rows of ``texts``."""
+    the encoder's weights, tokenizer fingerprint, pooling, length) in ``$TLJAX_DATA_DIR/features/``, so
+    overlapping label budgets and seeds compute each text once. ``compute(rows [n] int) -> [n, H]`` encodes the given rows of ``texts``."""
     path = cache_dir() / "features" / f"{hashlib.sha1('|'.join(store_key).encode()).hexdigest()[:20]}.npz"
     digests = np.asarray([hashlib.sha1(t.encode("utf-8")).digest() for t in texts], dtype="S20")
     if path.exists():
