@@ -266,7 +266,8 @@ def run(config, workdir: str | Path) -> dict:
             raise config_lib.ConfigError(
                 f"cell {cell_dir} was run with other settings ({'; '.join(diffs[:3])}); use a new --workdir, "
                 f"or delete that cell folder to re-run it")
-        if summary is None:
+        runs_now = summary is None
+        if runs_now:
             pending = [c for c in cells[k - 1:] if c not in finished]
             log(f"[cell {k}/{len(cells)}] {cell.method}, {budget_name(cell.budget)} labels, seed {cell.seed} "
                 f"({_eta(pending, seconds_by_method)})")
@@ -276,8 +277,10 @@ def run(config, workdir: str | Path) -> dict:
             summary = finished[cell] = finetune.run(cfg, cell_dir, feature_cache=False)
             seconds_by_method.setdefault(cell.method, []).append(summary["wall_seconds"])
         rows.append(_row(cell, summary, cfg.train.steps))
-        claims = write_results(rows, starts, config, workdir)  # after every cell: a crash keeps them all
+        if runs_now:  # after every cell run, so a crash keeps them all; cells finished earlier add no rewrite
+            write_results(rows, starts, config, workdir)
 
+    claims = write_results(rows, starts, config, workdir)
     log("\n" + claims_text(claims))
     log(f"results: {workdir}/results.csv, results.md, learning_curve.png "
         f"({_format_seconds(time.time() - t_start)} this invocation)")
