@@ -65,6 +65,8 @@ def test_feature_cache_encodes_each_text_once(tmp_path, monkeypatch):
     finetune.cached_features(["checkpoint-b", "mean", "64"], second, encoder(second))
     assert sorted(encoded) == ["banana", "fig", "kiwi"]  # another encoder setting has its own store
     assert finetune.cached_features(key, [], encoder([])).shape[0] == 0
+    # No texts and no store yet: the width comes from compute, as the probe needs [0, H] features.
+    assert finetune.cached_features(["checkpoint-c"], [], lambda rows: np.zeros((len(rows), 2))).shape == (0, 2)
 
 
 @pytest.mark.parametrize("n", [1, 8, 9])

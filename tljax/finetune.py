@@ -154,7 +154,8 @@ def weights_digest(params: dict) -> str:
 def cached_features(store_key: list[str], texts: list[str], compute) -> np.ndarray:
     """Features [N, H] of ``texts``, cached per text: one store per encoder setting (``store_key``: digest of
     the encoder's weights, tokenizer fingerprint, pooling, length) in ``$TLJAX_DATA_DIR/features/``, so
-    overlapping label budgets and seeds compute each text once. ``compute(rows [n] int) -> [n, H]`` encodes the given rows of ``texts``."""
+    overlapping label budgets and seeds compute each text once. ``compute(rows [n] int) -> [n, H]`` encodes
+    the given rows of ``texts`` (n may be 0)."""
     path = cache_dir() / "features" / f"{hashlib.sha1('|'.join(store_key).encode()).hexdigest()[:20]}.npz"
     digests = np.asarray([hashlib.sha1(t.encode("utf-8")).digest() for t in texts], dtype="S20")
     if path.exists():
@@ -174,8 +175,8 @@ def cached_features(store_key: list[str], texts: list[str], compute) -> np.ndarr
         tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
         np.savez(tmp, keys=stored_keys, features=stored)
         os.replace(tmp, path)  # atomic: an interrupted run leaves the previous store intact
-    if stored is None:  # no texts at all
-        return np.zeros((0, 0), np.float32)
+    if stored is None:  # no texts and no store yet: compute knows the feature width
+        return np.asarray(compute(np.zeros((0,), np.int64)), np.float32)
     return stored[np.asarray([index[k] for k in digests.tolist()], dtype=np.int64)]
 
 
@@ -384,8 +385,6 @@ def _run_features(config, model, params, pre: Pretrained, data, encoded, y, use_
         encode = lambda rows: extract_features(fn, params, ids[rows], mask[rows], model.cfg.hidden_size)
         feats[name] = (cached_features(key, getattr(data, name).texts, encode) if use_cache
                        else encode(np.arange(len(ids))))
-        if not len(feats[name]):
-            feats[name] = np.zeros((0, model.cfg.hidden_size), np.float32)
     log(f"features {feats['train'].shape[1]}-d for {sum(len(f) for f in feats.values())} texts in {time.time() - t0:.1f}s")
     probe = fit_probe(config, feats, y, config.seed)
     return dict(_probe_summary(probe, y, count_params(encoder)), feature_seconds=time.time() - t0)
