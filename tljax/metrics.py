@@ -7,12 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 from tqdm import tqdm
 
-
-def is_lead_process() -> bool:
-    return jax.process_index() == 0
+from tljax.utils import is_lead_process
 
 
 class MetricWriter:

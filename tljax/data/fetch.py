@@ -20,6 +20,8 @@ import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from tljax.utils import cache_dir
+
 DONE_MARKER = ".done"
 _NO_CACHE_HINT = "or set TLJAX_DATA_DIR to a prepared cache"
 _apt_lists_refreshed = False
@@ -27,11 +29,6 @@ _apt_lists_refreshed = False
 
 class FetchError(RuntimeError):
     """A package could not be fetched or unpacked; the message says how to fix it."""
-
-
-def cache_dir() -> Path:
-    """Root of the tljax data cache (``$TLJAX_DATA_DIR``, default ``~/.cache/tljax``)."""
-    return Path(os.environ.get("TLJAX_DATA_DIR", "~/.cache/tljax")).expanduser()
 
 
 def is_done(dest: Path) -> bool:
