@@ -3,7 +3,7 @@
     python scripts/bench_compile.py                       # 12 and 24 layers, tiny width, ~3 min on 2 cores
     python scripts/bench_compile.py --layers 12 --rounds 3
 
-The step is the trainer's own (``tljax.synthetic.pretrain_step``: MLM loss, AdamW, jit with shardings and
+The step is the trainer's own (``tljax.tasks.lm.build``: MLM loss, AdamW, jit with shardings and
 donation) on one device. Each round times tracing + lowering and XLA compilation separately for both
 layouts (alternating which goes first), then a few executed steps; the table shows medians over rounds,
 and the compiled step's temporaries (``memory_analysis``) and its HLO size.
@@ -18,7 +18,7 @@ import jax
 
 from tljax import sharding as shd
 from tljax.defaults import pretrain_config
-from tljax.synthetic import pretrain_step, random_batch
+from tljax.tasks.lm import build, random_batch
 
 
 def config(layers: int, scan: bool, remat: str):
@@ -32,7 +32,7 @@ def config(layers: int, scan: bool, remat: str):
 
 def measure(layers: int, scan: bool, remat: str, steps: int) -> dict:
     """Seconds to lower and to compile, HLO text size, temp bytes, and the median executed step time."""
-    s = pretrain_step(config(layers, scan, remat), jax.devices()[:1])
+    s = build(config(layers, scan, remat), devices=jax.devices()[:1])
     with shd.mesh_context(s.mesh, s.rules):
         t0 = time.perf_counter()
         lowered = s.step.lower(s.state, s.batch)

@@ -35,13 +35,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tljax import distributed, optim, pretrain
-from tljax import sharding as shd
+from tljax import distributed, policy
 from tljax.data.packing import PackedBatches
 from tljax.defaults import pretrain_config
-from tljax.models import LanguageModel, model_config
 from tljax.objectives import max_predictions
-from tljax.state import count_params, create_train_state
+from tljax.state import count_params
+from tljax.tasks import lm as lm_task
 
 # Ids 0-4 are [PAD] [UNK] [CLS] [SEP] [MASK], as in tljax's WordPiece tokenizers.
 PAD, UNK, CLS, SEP, MASK = range(5)
@@ -88,7 +87,7 @@ def synthetic_sequences(s: dict, rows: int, seed: int = 0) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------
-# tljax: built as tljax.pretrain.run builds it
+# tljax: the step tljax.pretrain.run trains (tljax.tasks.lm.build)
 # ----------------------------------------------------------------------------------------------------
 class TljaxBench:
     def __init__(self, s: dict, seqs: np.ndarray, seed: int = 0, overrides: dict | None = None):
@@ -102,21 +101,11 @@ class TljaxBench:
             section, field = key.split(".")
             config[section][field] = value
         self.config = config
-        mcfg = model_config(config.model)
-        model = LanguageModel(mcfg)
-        self.mesh = shd.make_mesh(config.mesh.axes, config.mesh.shape)
-        rules = shd.rules_from_config(config.sharding_rules)
-        dummy = jnp.ones((1, s["seq"]), jnp.int32)
-        init_params = lambda rng: model.init({"params": rng}, dummy)["params"]
-        schedule = optim.lr_schedule(config.train)
-        tx = optim.make_optimizer(config.train)
-        self.state, state_sharding = create_train_state(init_params, tx, self.mesh, rules, seed)
+        # The pretraining run's own builder: the step benchmarked is the step trained.
+        built = lm_task.build(config, SPECIALS, s["vocab"], MASK)
+        self.mesh, self.state, self.train_step = built.mesh, built.state, built.step
         self.params = count_params(self.state.params)
-        loss_fn = pretrain.make_loss_fn(model, config, jnp.asarray(SPECIALS, jnp.int32), s["vocab"], MASK)
-        self.batch_sharding = shd.batch_sharding(self.mesh, rules)
-        self.train_step = jax.jit(pretrain.make_train_step(loss_fn, tx, schedule),
-                                  in_shardings=(state_sharding, self.batch_sharding),
-                                  out_shardings=(state_sharding, shd.replicated(self.mesh)), donate_argnums=0)
+        self.batch_sharding = built.batch.sharding
         self.data = PackedBatches(seqs, s["batch"], seed)
         self.step = 0
 
@@ -177,7 +166,7 @@ class TorchBench:
                                          eps=train_cfg.eps, **kw)
         self.opt_kind = next(iter(kw))
         # The same schedule as tljax, tabulated once (no JAX call inside the timed loop).
-        lrs = np.asarray(jax.jit(jax.vmap(optim.lr_schedule(train_cfg)))(jnp.arange(4096)))
+        lrs = np.asarray(jax.jit(jax.vmap(policy.lr_schedule(train_cfg)))(jnp.arange(4096)))
         self.lr_factor = np.maximum(lrs / train_cfg.lr, 0.0).tolist()
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda i: self.lr_factor[min(i, 4095)])
         self.grad_clip = train_cfg.grad_clip

@@ -6,7 +6,7 @@
 
 Prints the compiled step's memory (``tljax.memory``), the median step time, tokens/s and the model FLOP
 utilisation (MFU) against the chip's dense bf16 peak. The step is the trainer's own (configs/bert_base_mlm.py
-with seq 512: MLM masking on device, AdamW, jit with donation; ``tljax.synthetic``), fed **synthetic**
+with seq 512: MLM masking on device, AdamW, jit with donation; ``tljax.tasks.lm.build``), fed **synthetic**
 uniform token ids, which cost the same FLOPs as text: no tokenizer, corpus or download is needed.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import jax
 
 from tljax import memory
 from tljax import sharding as shd
-from tljax.synthetic import pretrain_step, random_batch, train_flops
+from tljax.tasks.lm import build, random_batch, train_flops
 
 # Dense (no sparsity) bf16 peak FLOP/s per chip, by a substring of jax's device_kind; first match wins.
 PEAK_BF16_FLOPS = (
@@ -72,11 +72,11 @@ def main(argv=None):
     config = base_config(args.tiny)
     config.model.update(dtype=args.dtype, remat=args.remat, scan_layers=args.scan_layers)
     config.data.batch_size = 8 if args.tiny and args.batch == 32 else args.batch
-    s = pretrain_step(config, [device])
-    batch = random_batch(s.batch, s.model.vocab_size, seed=0)
+    s = build(config, devices=[device])
+    batch = random_batch(s.batch, s.cfg.vocab_size, seed=0)
     B, T = s.batch.shape
-    print(f"device: {device.device_kind} ({jax.default_backend()}); model: {s.model.num_layers} layers, hidden "
-          f"{s.model.hidden_size}, {args.dtype}, remat={args.remat}, scan={args.scan_layers}; batch {B} x {T} "
+    print(f"device: {device.device_kind} ({jax.default_backend()}); model: {s.cfg.num_layers} layers, hidden "
+          f"{s.cfg.hidden_size}, {args.dtype}, remat={args.remat}, scan={args.scan_layers}; batch {B} x {T} "
           f"synthetic tokens", flush=True)
 
     with shd.mesh_context(s.mesh, s.rules):
@@ -96,7 +96,7 @@ def main(argv=None):
             times.append(time.perf_counter() - t)
 
     step_s = statistics.median(times)
-    flops = train_flops(s.model, B, T, "mlm")
+    flops = train_flops(s.cfg, B, T, "mlm")
     mfu = "n/a (no peak FLOP/s for this device)" if peak is None else f"{flops / step_s / peak:.1%} of {peak:.3g}"
     print(f"loss {float(metrics['loss']):.3f} after {args.steps + 3} steps")
     print(f"step {step_s * 1e3:.1f} ms (median of {args.steps}), {B * T / step_s:,.0f} tokens/s, "

@@ -15,13 +15,11 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import jax
-import jax.numpy as jnp
 
-from tljax import memory, pretrain
+from tljax import memory
 from tljax import sharding as shd
 from tljax.defaults import pretrain_config
-from tljax.models import LanguageModel
-from tljax.synthetic import SPECIAL_IDS, MASK_ID, pretrain_step
+from tljax.tasks.lm import build
 
 MIB = 2**20
 
@@ -36,10 +34,8 @@ def config(mesh_shape=(1, 1, 1), **model):
 
 
 def residual_mib(s) -> float:
-    c = config(**{k: getattr(s.model, k) for k in ("dtype", "remat", "scan_layers")})
-    loss_fn = pretrain.make_loss_fn(LanguageModel(s.model), c, jnp.asarray(SPECIAL_IDS), s.model.vocab_size, MASK_ID)
     ids = jax.ShapeDtypeStruct(s.batch.shape, s.batch.dtype)
-    return memory.residual_bytes(lambda p, i: loss_fn(p, i, jax.random.key(0), True)[0], s.state.params, ids) / MIB
+    return memory.residual_bytes(lambda p, i: s.sums_fn(p, i, jax.random.key(0), True)[0], s.state.params, ids) / MIB
 
 
 def main():
@@ -49,7 +45,7 @@ def main():
     for scan in (False, True):
         for dtype in ("float32", "bfloat16"):
             for remat in ("none", "dots", "full"):
-                s = pretrain_step(config(dtype=dtype, remat=remat, scan_layers=scan), jax.devices()[:1])
+                s = build(config(dtype=dtype, remat=remat, scan_layers=scan), devices=jax.devices()[:1])
                 with shd.mesh_context(s.mesh, s.rules):
                     temp = memory.step_memory(s.step, s.state, s.batch)["temp_bytes"]
                 print(f"| {'scan' if scan else 'per-layer'} | {dtype} | {remat} | {temp / MIB:.0f} | "
@@ -58,7 +54,7 @@ def main():
     print("\n| mesh (data, fsdp, tensor) | params MiB / device | optimizer MiB / device | total state MiB |")
     print("| --- | ---: | ---: | ---: |")
     for mesh_shape in ((1, 1, 1), (8, 1, 1), (1, 8, 1), (2, 4, 1)):
-        s = pretrain_step(config(mesh_shape), jax.devices()[:8 if mesh_shape != (1, 1, 1) else 1])
+        s = build(config(mesh_shape), devices=jax.devices()[:8 if mesh_shape != (1, 1, 1) else 1])
         p, o = memory.bytes_per_device(s.state.params), memory.bytes_per_device(s.state.opt_state)
         total = memory.total_bytes(s.state.params) + memory.total_bytes(s.state.opt_state)
         print(f"| {mesh_shape} | {p / MIB:.2f} | {o / MIB:.2f} | {total / MIB:.2f} |", flush=True)

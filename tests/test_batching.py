@@ -5,17 +5,18 @@ import numpy as np
 import pytest
 
 from tljax import finetune
+from tljax.tasks import classify
 from tljax.models import SequenceClassifier, TransformerConfig
 
 
 def test_trimmed_length():
     mask = np.zeros((3, 64), np.int32)
     mask[0, :5], mask[1, :17], mask[2, :3] = 1, 1, 1
-    assert finetune.trimmed_length(mask) == 32  # 17 rounded up to a multiple of 16
-    assert finetune.trimmed_length(mask[[0, 2]]) == 16
+    assert classify.trimmed_length(mask) == 32  # 17 rounded up to a multiple of 16
+    assert classify.trimmed_length(mask[[0, 2]]) == 16
     mask[1, :] = 1
-    assert finetune.trimmed_length(mask) == 64
-    assert finetune.trimmed_length(np.ones((2, 40), np.int32)) == 40  # never beyond the encoded length
+    assert classify.trimmed_length(mask) == 64
+    assert classify.trimmed_length(np.ones((2, 40), np.int32)) == 40  # never beyond the encoded length
 
 
 def test_batched_apply_cuts_padding_without_changing_outputs():
@@ -32,11 +33,11 @@ def test_batched_apply_cuts_padding_without_changing_outputs():
     seen_lengths = []
     recording = lambda p, i, m: seen_lengths.append(i.shape[1]) or fn(p, i, m)
 
-    cut = finetune.batched_apply(recording, params, ids, mask, batch=8)
+    cut = classify.batched_apply(recording, params, ids, mask, batch=8)
     full = np.asarray(fn(params, ids, mask))
     np.testing.assert_allclose(cut, full, rtol=1e-5, atol=1e-6)  # same rows, same order
     assert set(seen_lengths) <= {16, 32, 48, 64} and min(seen_lengths) < 64  # short batches ran short
-    assert finetune.batched_apply(fn, params, ids[:0], mask[:0], batch=8) is None
+    assert classify.batched_apply(fn, params, ids[:0], mask[:0], batch=8) is None
 
 
 def test_feature_cache_encodes_each_text_once(tmp_path, monkeypatch):
@@ -76,4 +77,4 @@ def test_batched_apply_batch_edges(n):
     mask = np.ones_like(ids)
     mask[:, n + 2:] = 0
     ids *= mask
-    np.testing.assert_array_equal(finetune.batched_apply(fn, None, ids, mask, batch=4), ids.sum(1, keepdims=True))
+    np.testing.assert_array_equal(classify.batched_apply(fn, None, ids, mask, batch=4), ids.sum(1, keepdims=True))

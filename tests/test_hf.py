@@ -18,7 +18,8 @@ from tljax import finetune, hf  # noqa: E402
 from tljax.cli import main as cli_main  # noqa: E402
 from tljax.data import tokenizer as tok_lib  # noqa: E402
 from tljax.data.fetch import cache_dir  # noqa: E402
-from tljax.pretrained import PretrainedError, resolve  # noqa: E402
+from tljax.init_from import resolve  # noqa: E402
+from tljax.pretrained import PretrainedError  # noqa: E402
 
 # The user's data cache, read before the per-test private cache is set: the MiniLM files are reused from
 # it when already fetched (tests never write to it).

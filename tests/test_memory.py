@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import flax.linen as nn
 
-from tljax import memory, optim, pretrain, transfer
+from tljax import memory, policy, pretrain
 from tljax import sharding as shd
 from tljax.defaults import pretrain_config
 from tljax.models import LanguageModel, SequenceClassifier, TransformerConfig, model_config
 from tljax.state import create_train_state
-from tljax.synthetic import pretrain_step, random_batch
+from tljax.tasks import lm as lm_task
+from tljax.tasks.lm import random_batch
 from conftest import tiny_pretrain_config as tiny
 
 
@@ -32,10 +33,10 @@ def state_bytes(mem, kind):
 
 
 def test_fsdp_holds_an_eighth_of_the_state_per_device():
-    replicated = pretrain_step(config((8, 1, 1)))  # data parallel: every device holds everything
+    replicated = lm_task.build(config((8, 1, 1)))  # data parallel: every device holds everything
     assert memory.bytes_per_device(replicated.state) == memory.total_bytes(replicated.state)
 
-    s = pretrain_step(config((1, 8, 1)))
+    s = lm_task.build(config((1, 8, 1)))
     with shd.mesh_context(s.mesh, s.rules):
         mem = memory.train_step_memory(s.step, s.state, s.batch)
         s.step(s.state, random_batch(s.batch, 1024, 0))
@@ -60,8 +61,8 @@ def test_frozen_groups_hold_no_optimizer_bytes():
     train = pretrain_config("mlm", "bert").train
     opt_bytes = {}
     for strategy in ("full", "light"):
-        plan = transfer.plan_strategy(strategy, cfg.num_layers, unfrozen_layers=1)
-        tx, labels = transfer.make_transfer_optimizer(train, params, cfg.num_layers, plan)
+        rules = policy.strategy_rules(strategy, cfg.num_layers, unfrozen_layers=1)
+        tx, labels, plan = policy.make_optimizer(train, params, rules)
         state, _ = create_train_state(init, tx, mesh, rules, 0)
         opt_bytes[strategy] = memory.bytes_per_device(state.opt_state)
         trainable = [p for p, g in zip(jax.tree.leaves(params), jax.tree.leaves(labels)) if not plan[g].frozen]
@@ -71,7 +72,7 @@ def test_frozen_groups_hold_no_optimizer_bytes():
 
 
 def compiled_temp(**model):
-    s = pretrain_step(config(layers=4, **model), jax.devices()[:1])
+    s = lm_task.build(config(layers=4, **model), devices=jax.devices()[:1])
     with shd.mesh_context(s.mesh, s.rules):
         return memory.step_memory(s.step, s.state, s.batch)["temp_bytes"]
 
@@ -98,8 +99,8 @@ def residuals(**model):
     lm = LanguageModel(model_config(c.model))
     ids = jnp.ones((16, 64), jnp.int32)
     params = nn.meta.unbox(jax.eval_shape(lambda: lm.init(jax.random.key(0), ids[:1])["params"]))
-    loss_fn = pretrain.make_loss_fn(lm, c, jnp.arange(5), 1024, 4)
-    return memory.residual_bytes(lambda p, i: loss_fn(p, i, jax.random.key(0), True)[0], params, ids)
+    loss_fn = lm_task.train_loss(lm_task.make_sums_fn(lm, c, jnp.arange(5), 1024, 4))
+    return memory.residual_bytes(lambda p, i: loss_fn(p, (i,), jax.random.key(0))[0], params, ids)
 
 
 def test_remat_and_bf16_shrink_what_autodiff_keeps_for_the_backward_pass():

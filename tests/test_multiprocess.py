@@ -16,7 +16,8 @@ import pytest
 
 from conftest import tiny_pretrain_config
 from test_finetune import csv_task, ft_config  # noqa: F401 (csv_task is a fixture)
-from tljax import cli, pretrain
+from tljax import cli
+from tljax.data import lm as lm_data
 from tljax.distributed import Launch, resolve_launch
 
 TESTS = Path(__file__).parent
@@ -112,7 +113,7 @@ def pretrain_runs(text_corpus, env, tmp_path_factory):
     # that both load it from the cache.
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TLJAX_DATA_DIR", env["TLJAX_DATA_DIR"])
-        pretrain.setup_tokenizer(pretrain_config(text_corpus), one)
+        lm_data.setup_tokenizer(pretrain_config(text_corpus), one)
     config = config_file(root / "config.py", f"pretrain_config({str(text_corpus)!r})")
     runs = [start(env, "pretrain", config, one),
             start(env, "pretrain", config, two, f"--config.train.run_steps={STEPS // 2}", processes=2, devices=2)]

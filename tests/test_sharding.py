@@ -7,11 +7,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from tljax import sharding as shd
-from tljax import optim
 from tljax.defaults import pretrain_config
-from tljax.models import LanguageModel, model_config
-from tljax.pretrain import make_loss_fn, make_train_step
-from tljax.state import create_train_state
+from tljax.tasks import lm as lm_task
 
 
 def tiny_config(objective="mlm", kind="bert"):
@@ -22,15 +19,12 @@ def tiny_config(objective="mlm", kind="bert"):
 
 
 def run_steps(config, mesh, steps=4, batch=8, seq=16):
-    model = LanguageModel(model_config(config.model))
-    rules = shd.rules_from_config(config.sharding_rules)
-    tx = optim.make_optimizer(config.train)
-    init_params = lambda rng: model.init({"params": rng}, jnp.ones((1, seq), jnp.int32))["params"]
-    state, shardings = create_train_state(init_params, tx, mesh, rules, seed=0)
-    loss_fn = make_loss_fn(model, config, jnp.array([0, 1, 2, 3, 4]), 128, 4)
-    bs = shd.batch_sharding(mesh, rules)
-    step = jax.jit(make_train_step(loss_fn, tx, optim.lr_schedule(config.train)),
-                   in_shardings=(shardings, bs), out_shardings=(shardings, shd.replicated(mesh)), donate_argnums=0)
+    # The pretraining run's own step builder, on this mesh's devices and shape.
+    config.mesh.update(axes=tuple(mesh.axis_names), shape=tuple(mesh.devices.shape))
+    config.data.update(batch_size=batch, seq_len=seq)
+    built = lm_task.build(config, (0, 1, 2, 3, 4), 128, 4, devices=list(mesh.devices.flat))
+    state, step, rules, bs = built.state, built.step, built.run.rules, built.batch.sharding
+    mesh = built.run.mesh
     # Tokens from a small subset: a learnable distribution, so the loss must fall.
     data = np.random.default_rng(0).integers(5, 21, (steps, batch, seq)).astype(np.int32)
     losses = []

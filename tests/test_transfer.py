@@ -11,8 +11,9 @@ import flax.linen as nn
 from flax import traverse_util
 
 from tljax import sharding as shd
-from tljax import transfer
-from tljax.finetune import make_classifier_step, merge_pretrained
+from tljax import engine, policy
+from tljax.finetune import merge_pretrained
+from tljax.tasks import classify
 from tljax.models import LanguageModel, SequenceClassifier, TransformerConfig
 from tljax.pretrained import PretrainedError
 from tljax.state import create_train_state
@@ -41,13 +42,14 @@ def setup(strategy, steps, **plan_kw):
     labels = jnp.arange(8) % 2
     init = lambda r: model.init(r, ids[:1], mask[:1])["params"]
     params0 = jax.device_get(nn.meta.unbox(init(jax.random.key(1))))
-    plan = transfer.plan_strategy(strategy, L, **plan_kw)
-    tx, groups = transfer.make_transfer_optimizer(train_cfg(steps=steps), params0, L, plan)
+    rules = policy.strategy_rules(strategy, L, **plan_kw)
+    tx, groups, plan = policy.make_optimizer(train_cfg(steps=steps), params0, rules)
     mesh = shd.make_mesh(("data",), (1,), devices=jax.devices()[:1])
     state, shardings = create_train_state(init, tx, mesh, shd.DEFAULT_RULES, seed=1)
     rep = shd.replicated(mesh)
-    step = jax.jit(make_classifier_step(model, tx, lambda s: 0.0), in_shardings=(shardings, rep, rep, rep),
-                   out_shardings=(shardings, rep), donate_argnums=0)  # as tljax.finetune jits it
+    step = jax.jit(engine.make_train_step(classify.train_loss(model), tx, lambda s: 0.0),
+                   in_shardings=(shardings, rep, rep, rep),
+                   out_shardings=(shardings, rep), donate_argnums=0)  # as the engine jits it
     return state, step, (ids, mask, labels), groups, plan
 
 
@@ -69,7 +71,7 @@ def test_light_freezes_exactly_and_keeps_no_state_for_frozen_leaves():
     changed = changed_groups(before, jax.device_get(state.params), groups)
     assert changed == {"embeddings": False, "layer_0": False, "layer_1": False,
                        "layer_2": True, "layer_3": True, "head": True}
-    trainable, frozen = transfer.trainable_counts(before, groups, plan)
+    trainable, frozen = policy.trainable_counts(before, groups, plan)
     moment_elems = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim > 0)
     assert moment_elems == 2 * trainable  # Adam's mu and nu, for trainable leaves only
     assert frozen == sum(np.size(v) for k, v in traverse_util.flatten_dict(before).items()
@@ -79,7 +81,7 @@ def test_light_freezes_exactly_and_keeps_no_state_for_frozen_leaves():
 def test_progressive_unfreezes_one_group_at_a_time_in_one_compilation():
     E = 2
     state, step, batch, groups, _ = setup("progressive", 20, unfreeze_every=E)
-    order = transfer.group_order(L)  # head, layer_3, …, layer_0, embeddings
+    order = policy.group_order(L)  # head, layer_3, …, layer_0, embeddings
     start = jax.device_get(state.params)
     for k in range(len(order) + 1):
         prev = jax.device_get(state.params)
@@ -110,12 +112,12 @@ def test_layer_wise_decay_scales_first_adam_step():
 
 
 def test_plan_values():
-    plan = transfer.plan_strategy("progressive", 3, unfreeze_every=10, layer_lr_decay=0.9)
-    assert [(g, p.unfreeze_step) for g, p in plan.items()] == [
-        ("head", 0), ("layer_2", 10), ("layer_1", 20), ("layer_0", 30), ("embeddings", 40)]
+    plan = {r.group: r.plan for r in policy.strategy_rules("progressive", 3, unfreeze_every=10, layer_lr_decay=0.9)}
+    assert sorted((p.start_step, g) for g, p in plan.items()) == [
+        (0, "head"), (10, "layer_2"), (20, "layer_1"), (30, "layer_0"), (40, "embeddings")]
     assert plan["layer_0"].lr_scale == pytest.approx(0.81) and plan["embeddings"].lr_scale == pytest.approx(0.729)
     with pytest.raises(ValueError, match="unfrozen_layers=5"):
-        transfer.plan_strategy("light", 3, unfrozen_layers=5)
+        policy.strategy_rules("light", 3, unfrozen_layers=5)
 
 
 def test_partial_restore_keeps_encoder_and_makes_a_fresh_head():

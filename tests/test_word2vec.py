@@ -4,6 +4,8 @@ import json
 import math
 
 import ml_collections
+
+from tljax.defaults import word2vec_config
 import numpy as np
 import pytest
 
@@ -11,11 +13,9 @@ from tljax import word2vec as w2v
 
 
 def small_config(**kw):
-    c = ml_collections.ConfigDict(dict(
-        data=ml_collections.ConfigDict(dict(source="")), model="skipgram", dim=16, window=3, negatives=5,
-        min_count=1, max_vocab=0, sample=0.0, epochs=3, lr=0.025, min_lr=1e-4, batch_size=64,
-        steps_per_call=16, chunk_tokens=5000, table_size=100_000, log_seconds=1e9, seed=0))
-    c.update(kw)
+    c = word2vec_config()
+    c.update(dict(dim=16, window=3, min_count=1, sample=0.0, epochs=3, batch_size=64, steps_per_call=16,
+                  chunk_tokens=5000, table_size=100_000, log_seconds=1e9), **kw)
     return c
 
 

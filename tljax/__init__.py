@@ -11,7 +11,7 @@ def from_pretrained(path):
         out.logits              # [B, T, V] when the checkpoint has an LM head, else None
         model.tokenizer         # its Hugging Face tokenizer; model.config, model.params
     """
-    from tljax.hf import from_pretrained as _load  # lazy: `import tljax` stays light
+    from tljax.init_from import from_pretrained as _load  # lazy: `import tljax` stays light
     return _load(path)
 
 

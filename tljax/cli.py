@@ -81,12 +81,15 @@ def parse_config_flags(argv: list[str], extra_flags=()) -> tuple[object, dict]:
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Exceptions that mean bad input (config, data, checkpoint): reported in one line, exit status 2."""
+    from tljax.checkpoint import CheckpointError
     from tljax.config import ConfigError
     from tljax.data.fetch import FetchError
     from tljax.data.sources import SourceError
-    from tljax.pretrained import PretrainedError
     from tljax.distributed import DistributedError
-    return ConfigError, SourceError, FetchError, PretrainedError, DistributedError, FileNotFoundError
+    from tljax.policy import PolicyError
+    from tljax.pretrained import PretrainedError
+    return (ConfigError, SourceError, FetchError, PretrainedError, DistributedError, CheckpointError, PolicyError,
+            FileNotFoundError)
 
 
 def run_config_command(argv, run, interrupted: str, multiprocess: bool = False):
@@ -94,6 +97,7 @@ def run_config_command(argv, run, interrupted: str, multiprocess: bool = False):
 
     multiprocess: also accept the launch flags of ``tljax.distributed`` and join the runtime first."""
     from tljax import distributed
+    from tljax.engine import RunStopped
     extra = [(name, None, help_) for name, _, help_ in distributed.FLAGS] if multiprocess else []
     config, values = parse_config_flags(argv, extra)
     try:
@@ -102,6 +106,8 @@ def run_config_command(argv, run, interrupted: str, multiprocess: bool = False):
         run(config, values["workdir"])
     except user_errors() as e:
         fail(str(e))
+    except RunStopped as e:  # diverged, or stopped by SIGTERM / SIGINT after saving a checkpoint
+        fail(str(e), e.exit_code)
     except KeyboardInterrupt:
         fail(f"interrupted; {interrupted}", 130)
 
@@ -114,7 +120,7 @@ def cmd_pretrain(argv):
 
 def cmd_finetune(argv):
     from tljax import finetune
-    run_config_command(argv, finetune.run, "re-run the command (a fine-tuning run is short and starts over)",
+    run_config_command(argv, finetune.run, "the last checkpoint is kept, re-run the same command to resume",
                        multiprocess=True)
 
 
@@ -154,12 +160,13 @@ def cmd_convert(argv):
         fail("usage: tljax convert --from SRC --to DST (SRC: hf:/folder, hf:minilm or a tljax run; "
              "DST: a new run folder, or hf:/folder to export)")
     from tljax import hf
+    from tljax.init_from import resolve
     try:
         if values["to"].startswith("hf:"):
-            out = hf.export_hf(values["from"], values["to"][3:])
+            out = hf.export_hf(resolve(values["from"]), values["to"][3:])
             print(f"wrote Hugging Face folder {out}")
         else:
-            out = hf.write_run(values["from"], values["to"])
+            out = hf.write_run(resolve(values["from"]), values["to"])
             print(f"wrote tljax run {out} (use it as init_from={out})")
     except user_errors() as e:
         fail(str(e))

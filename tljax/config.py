@@ -10,6 +10,8 @@ from pathlib import Path
 
 import ml_collections
 
+from tljax.utils import write_json
+
 # Fields whose change makes an existing checkpoint meaningless for this run.
 RESUME_CRITICAL = ("objective", "model", "data.seq_len", "data.tokenizer")
 # Within those, fields that only change how the step computes (parameters stay float32 and keep their
@@ -59,11 +61,16 @@ def resume_differences(saved: dict, current: dict) -> list[str]:
     return diffs
 
 
+def differences(saved: dict, current: dict, ignore=()) -> list[str]:
+    """Every field (dotted path) whose value differs between two config dicts, as ``field: old -> new``."""
+    old, new = dict(flatten(saved)), dict(flatten(current))
+    return [f"{f}: {old.get(f)!r} -> {new.get(f)!r}" for f in sorted(set(old) | set(new))
+            if f not in ignore and old.get(f) != new.get(f)]
+
+
 def save_config(config, workdir: Path) -> None:
-    path = Path(workdir) / "config.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    """``workdir/config.json``: the resolved config as strict JSON, written atomically."""
+    write_json(Path(workdir) / "config.json", to_dict(config), sort_keys=True)
 
 
 def check_resume(config, workdir: Path) -> None:

@@ -22,6 +22,8 @@ def pretrain_config(objective: str, kind: str) -> ml_collections.ConfigDict:
         scan_layers=False))
 
     c.mlm = ml_collections.ConfigDict(dict(rate=0.15, mask_prob=0.8, random_prob=0.1))
+    # Parameter policy (tljax.policy): "REGEX: frozen" or "REGEX: lr=X, wd=Y, from=STEP" over parameter paths.
+    c.param_rules = ()
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "builtin:corpus"  # text:GLOB | jsonl:GLOB[@field] | tfds:name/config:split | builtin:corpus
@@ -57,6 +59,10 @@ def finetune_config() -> ml_collections.ConfigDict:
     c.unfrozen_layers = 2  # light: how many top layers train
     c.unfreeze_every = 40  # progressive: steps between unfreezing one more group from the top
     c.layer_lr_decay = 1.0  # < 1: ELECTRA-style layer-wise rates (top layer = base rate)
+    # Own parameter rules, before the strategy's preset (first match wins): "REGEX: frozen" or
+    # "REGEX: lr=X, wd=Y, from=STEP" over paths like encoder/layer_3/mlp/output/kernel (docs/transfer.md).
+    c.param_rules = ()
+    c.overwrite = False  # True: replace a run of another config in the workdir (its checkpoints are removed)
     c.pooling = "auto"  # auto (bert: mean over tokens; gpt: last token) | cls ([CLS] + pooler) | mean | last
     c.head_dropout = 0.1
     c.seed = 0
@@ -73,6 +79,7 @@ def finetune_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         steps=300, lr=5e-4, warmup_steps=30, schedule="linear", end_lr_ratio=0.0, weight_decay=0.01,
         b1=0.9, b2=0.999, eps=1e-6, grad_clip=1.0, eval_every=25, log_every=25,
+        checkpoint_every=100, keep_checkpoints=1,  # 0 = no checkpoints (a signal still saves one)
         patience=0))  # stop after this many evaluations without validation gain (0 = never)
 
     # Forgetting: pretraining-objective loss on the pretraining run's held-out text, before vs after.
@@ -80,4 +87,28 @@ def finetune_config() -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict(dict(axes=("data", "fsdp", "tensor"), shape=(-1, 1, 1)))
     c.sharding_rules = DEFAULT_RULES
+    return c
+
+
+def word2vec_config() -> ml_collections.ConfigDict:
+    """Defaults for ``tljax word2vec`` (configs/word2vec.py): skip-gram with negative sampling, as word2vec.c."""
+    c = ml_collections.ConfigDict()
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "builtin:corpus"  # text:GLOB | jsonl:GLOB[@field] | tfds:name/config:split | builtin:corpus
+    c.model = "skipgram"  # "skipgram" | "cbow" (mean of the context vectors)
+    c.dim = 100  # vector size
+    c.window = 5  # maximum distance; each centre word draws its window from 1..window
+    c.negatives = 5  # negative samples per (centre, context) pair, from unigram^0.75
+    c.min_count = 5  # words seen fewer times are dropped from the vocabulary and the text
+    c.max_vocab = 0  # > 0: keep only this many most frequent words
+    c.sample = 1e-3  # frequent-word subsampling threshold (0 = off)
+    c.epochs = 5
+    c.lr = 0.025  # SGD learning rate, decays linearly to min_lr over all epochs
+    c.min_lr = 1e-4
+    c.batch_size = 256  # (centre, context) pairs per SGD step
+    c.steps_per_call = 256  # SGD steps per jitted call (lax.scan); fewer dispatches
+    c.chunk_tokens = 200_000  # documents are windowed, subsampled and shuffled in chunks of this size
+    c.table_size = 10_000_000  # negative-sampling table slots
+    c.log_seconds = 10.0
+    c.seed = 0
     return c

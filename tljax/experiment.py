@@ -181,6 +181,7 @@ def cell_config(config, cell: Cell, starts: dict, num_all: int) -> ml_collection
     by_epochs = math.ceil(config.max_epochs * n / c.data.batch_size)
     c.train.steps = int(min(c.train.steps, max(2 * c.train.eval_every, by_epochs)))
     c.train.warmup_steps = int(min(c.train.warmup_steps, c.train.steps // 10))
+    c.train.checkpoint_every = 0  # an interrupted cell starts over: checkpoints would only cost disk and time
     return c
 
 
@@ -193,10 +194,7 @@ def _read_summary(cell_dir: Path) -> dict | None:
 
 def _differences(cell_dir: Path, cfg) -> list[str]:
     """``field: saved -> current`` for every setting of a finished cell that the current config changes."""
-    saved = dict(config_lib.flatten(json.loads((cell_dir / "config.json").read_text())))
-    current = dict(config_lib.flatten(config_lib.to_dict(cfg)))
-    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(saved) | set(current))
-            if saved.get(k) != current.get(k)]
+    return config_lib.differences(json.loads((cell_dir / "config.json").read_text()), config_lib.to_dict(cfg))
 
 
 def _row(cell: Cell, summary: dict, steps: int) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -22,18 +23,18 @@ import flax.linen as nn
 from flax import traverse_util
 
 from tljax import config as config_lib
-from tljax import distributed
+from tljax import distributed, engine, memory, policy
 from tljax import sharding as shd
-from tljax import memory, optim, transfer
 from tljax.data import labeled, packing
+from tljax.data import lm as lm_data
 from tljax.data import tokenizer as tok_lib
-from tljax.data.fetch import cache_dir
-from tljax.metrics import MetricWriter, Progress, is_lead_process
+from tljax.init_from import resolve
 from tljax.models import LanguageModel, SequenceClassifier
-from tljax.pretrained import Pretrained, PretrainedError, resolve
-from tljax.state import create_train_state, count_params, tree_bytes
-
-log = lambda msg: print(msg, flush=True) if is_lead_process() else None
+from tljax.pretrained import Pretrained, PretrainedError
+from tljax.state import count_params
+from tljax.tasks import classify
+from tljax.tasks import lm as lm_task
+from tljax.utils import cache_dir, is_lead_process, log, write_json
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -94,41 +95,6 @@ def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> f
 # ----------------------------------------------------------------------------------------------------
 # (2) Feature-based transfer
 # ----------------------------------------------------------------------------------------------------
-PAD_MULTIPLE = 16  # batches are cut to their longest row rounded up to this: few compiled shapes, little padding
-
-
-def trimmed_length(mask: np.ndarray) -> int:
-    """Columns worth keeping of a right-padded batch ``mask`` [b, T]: its longest row rounded up to a
-    multiple of PAD_MULTIPLE, at most T. Cutting padding changes no output (padding is masked)."""
-    longest = int(mask.sum(1).max()) if mask.size else 1
-    return min(mask.shape[1], max(PAD_MULTIPLE, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE))
-
-
-def batched_apply(fn, params, ids: np.ndarray, mask: np.ndarray, batch: int, device_batch=lambda a: a):
-    """``fn(params, ids [b, t], mask [b, t]) -> [b, ...]`` over all N rows [N, T] in batches of ``batch``.
-
-    Rows are grouped by length (longest first) and each batch is cut to ``trimmed_length``: short texts
-    cost short sequences. The last batch is padded with empty rows, so at most T / PAD_MULTIPLE compiled
-    shapes serve every call. Returns [N, ...] on the host in the input order, or None if N = 0."""
-    if not len(ids):
-        return None
-    order = np.argsort(-mask.sum(1), kind="stable")
-    out = None
-    for lo in range(0, len(ids), batch):
-        rows = order[lo: lo + batch]
-        i, m = ids[rows], mask[rows]
-        cols = trimmed_length(m)
-        i, m = i[:, :cols], m[:, :cols]
-        n = len(rows)
-        if n < batch:
-            i, m = np.pad(i, ((0, batch - n), (0, 0))), np.pad(m, ((0, batch - n), (0, 0)))
-        result = np.asarray(jax.device_get(fn(params, device_batch(i), device_batch(m))))[:n]
-        if out is None:
-            out = np.empty((len(ids), *result.shape[1:]), result.dtype)
-        out[rows] = result
-    return out
-
-
 def features_fn(model: SequenceClassifier):
     """The jitted ``(params, ids [B, T], mask [B, T]) -> pooled features [B, H]`` of a frozen encoder."""
     return jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, method=SequenceClassifier.features))
@@ -136,7 +102,7 @@ def features_fn(model: SequenceClassifier):
 
 def extract_features(fn, params, ids: np.ndarray, mask: np.ndarray, hidden: int, batch: int = 128) -> np.ndarray:
     """Pooled features [N, H] float32 of ``fn`` (from ``features_fn``) over all rows."""
-    out = batched_apply(fn, params, ids, mask, batch)
+    out = classify.batched_apply(fn, params, ids, mask, batch)
     return np.zeros((0, hidden), np.float32) if out is None else out
 
 
@@ -215,36 +181,6 @@ def fit_probe(cfg, features: dict, labels: dict, seed: int) -> dict:
 # ----------------------------------------------------------------------------------------------------
 # (3) Gradient-based fine-tuning
 # ----------------------------------------------------------------------------------------------------
-def make_classifier_step(model: SequenceClassifier, tx: optax.GradientTransformation, schedule):
-    def loss_fn(params, ids, mask, labels, rng):
-        logits = model.apply({"params": params}, ids, mask, deterministic=False, rngs={"dropout": rng})
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        return loss, (logits.argmax(-1) == labels).mean()
-
-    def train_step(state, ids, mask, labels):
-        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, ids, mask, labels, rng)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads),
-                   "learning_rate": schedule(state.step)}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-    return train_step
-
-
-def predict(logits_fn, params, ids: np.ndarray, mask: np.ndarray, labels: np.ndarray, batch: int,
-            device_batch) -> tuple[np.ndarray, float]:
-    """(predicted class ids [N], mean cross-entropy) over a whole split; ``logits_fn(params, ids, mask)``
-    -> [b, C] is the jitted classifier."""
-    logits = batched_apply(logits_fn, params, ids, mask, batch, device_batch)
-    if logits is None:
-        return np.zeros((0,), np.int64), float("nan")
-    top = logits.max(-1)
-    logz = np.log(np.exp(logits - top[:, None]).sum(-1)) + top
-    return logits.argmax(-1), float((logz - logits[np.arange(len(labels)), labels]).mean())
-
-
 # ----------------------------------------------------------------------------------------------------
 # (4) Forgetting
 # ----------------------------------------------------------------------------------------------------
@@ -252,20 +188,19 @@ def pretraining_loss_fn(pre: Pretrained, num_sequences: int, batch: int):
     """``params -> loss`` of the pretraining objective (MLM or CLM, with the checkpoint's LM head) on the
     pretraining run's held-out text, for LanguageModel params; compiled once, so measuring before and after
     fine-tuning compiles one step. None when that text is not available."""
-    from tljax import pretrain
     cfg = ml_collections.ConfigDict(pre.config)
     try:
-        _, eval_key = pretrain.data_keys(cfg.data)
-        seqs = pretrain.packed_sequences(lambda: pretrain.eval_documents(cfg.data), eval_key, pre.tokenizer, cfg)
+        _, eval_key = lm_data.data_keys(cfg.data)
+        seqs = lm_data.packed_sequences(lambda: lm_data.eval_documents(cfg.data), eval_key, pre.tokenizer, cfg)
     except (FileNotFoundError, ValueError) as e:
         log(f"forgetting not measured: the pretraining eval text is unavailable ({e})")
         return None
     seqs = seqs[: max(batch, num_sequences // batch * batch)]
     model = LanguageModel(pre.model)
     specials = jnp.asarray(tok_lib.special_ids(pre.tokenizer), jnp.int32)
-    loss_fn = pretrain.make_loss_fn(model, cfg, specials, len(pre.tokenizer),
-                                    pre.tokenizer.mask_token_id if cfg.objective == "mlm" else 0)
-    step = jax.jit(pretrain.make_eval_step(loss_fn, cfg.seed))
+    sums_fn = lm_task.make_sums_fn(model, cfg, specials, len(pre.tokenizer),
+                                   pre.tokenizer.mask_token_id if cfg.objective == "mlm" else 0)
+    step = jax.jit(lm_task.make_eval_step(sums_fn, cfg.seed))
 
     def measure(params: dict) -> float | None:
         totals = np.zeros(3)
@@ -307,8 +242,9 @@ def run(config, workdir: str | Path, feature_cache: bool = True) -> dict:
     ``tljax experiment``: its wall seconds then include encoding every text)."""
     t_start = time.time()
     workdir = Path(workdir)
-    if config.strategy not in transfer.STRATEGIES:
-        raise config_lib.ConfigError(f"strategy={config.strategy!r} unknown; use one of {', '.join(transfer.STRATEGIES)}")
+    if config.strategy not in policy.STRATEGIES:
+        raise config_lib.ConfigError(f"strategy={config.strategy!r} unknown; use one of {', '.join(policy.STRATEGIES)}")
+    policy.parse_rules(config.param_rules)  # a bad rule fails here, before anything is read or written
     if config.init_from == "none" and config.strategy != "full":
         raise config_lib.ConfigError("init_from=none is the from-scratch baseline: use strategy=full with it")
     word_vectors = is_word_vectors(config.init_from)
@@ -317,9 +253,6 @@ def run(config, workdir: str | Path, feature_cache: bool = True) -> dict:
     pre = None if word_vectors else resolve(config.init_from, config.model_like)
     data = labeled.load_labeled(config.data, config.seed)
     num_classes = len(data.label_names)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if is_lead_process():
-        config_lib.save_config(config, workdir)
     y = {"train": data.train.labels, "validation": data.validation.labels, "test": data.test.labels}
     log(f"data: {len(y['train'])} labeled train, {len(y['validation'])} validation, {len(y['test'])} test; "
         f"{num_classes} classes {data.label_names}; start: {config.init_from}, strategy: {config.strategy}")
@@ -328,6 +261,7 @@ def run(config, workdir: str | Path, feature_cache: bool = True) -> dict:
                "num_test": int(len(y["test"])), "label_names": data.label_names, "seed": config.seed}
 
     if word_vectors:
+        _claim_workdir(config, workdir)
         summary.update(pooling="mean of word vectors", **_run_word_vectors(config, data, y))
     else:
         pooling = pooling_for(config, pre.model.kind)
@@ -344,18 +278,42 @@ def run(config, workdir: str | Path, feature_cache: bool = True) -> dict:
             if any(p.startswith("pooler") for p in kept_fresh):
                 log("note: the checkpoint has no pooler; it starts fresh")
         summary["pooling"] = pooling
+        resume_allowed = _claim_workdir(config, workdir)
         if config.strategy == "features":
             summary.update(_run_features(config, model, start_params, pre, data, encoded, y, feature_cache))
         else:
-            summary.update(_run_gradient(config, model, start_params, pre, encoded, y, num_classes, workdir))
+            summary.update(_run_gradient(config, model, start_params, pre, encoded, y, workdir, resume_allowed))
 
     summary["test_macro_f1"] = macro_f1(y["test"], summary.pop("test_predictions"), num_classes)
     summary["wall_seconds"] = time.time() - t_start
     if is_lead_process():
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(workdir / "summary.json", summary)
     log(f"test accuracy {summary['test_accuracy']:.4f}, macro-F1 {summary['test_macro_f1']:.4f} "
         f"({config.strategy}, {summary['num_labeled']} labels, {summary['wall_seconds']:.0f}s)")
     return summary
+
+
+def _claim_workdir(config, workdir: Path) -> bool:
+    """Once every input has been checked: write config.json into ``workdir``. Returns whether the run may
+    resume from checkpoints there (same config). A workdir holding a run of another config is refused
+    unless ``overwrite=True``, which removes that run's checkpoints."""
+    saved = workdir / "config.json"
+    same = True
+    if saved.exists():
+        diffs = config_lib.differences(json.loads(saved.read_text()), config_lib.to_dict(config),
+                                       ignore=("overwrite",))
+        same = not diffs
+        if diffs and not config.overwrite:
+            raise config_lib.ConfigError(
+                f"{workdir} holds a fine-tuning run with another config ({'; '.join(diffs[:3])}"
+                f"{' …' if len(diffs) > 3 else ''}); use a new --workdir, or --config.overwrite=True to replace it")
+    if is_lead_process():
+        workdir.mkdir(parents=True, exist_ok=True)
+        if not same:
+            shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+            log(f"overwrite=True: removed the checkpoints of the earlier run in {workdir}")
+        config_lib.save_config(config, workdir)
+    return same
 
 
 def _probe_summary(probe: dict, y, frozen_params: int) -> dict:
@@ -390,34 +348,47 @@ def _run_features(config, model, params, pre: Pretrained, data, encoded, y, use_
     return dict(_probe_summary(probe, y, count_params(encoder)), feature_seconds=time.time() - t0)
 
 
-def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, num_classes, workdir) -> dict:
+def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, workdir, resume_allowed) -> dict:
+    """Fine-tune on the engine: the strategy's preset plus the config's own ``param_rules`` (first match
+    wins) as the parameter policy; best-by-validation selection, early stopping, checkpoints and resume."""
     L = pre.model.num_layers
-    plan = transfer.plan_strategy(config.strategy, L, unfrozen_layers=config.unfrozen_layers,
-                                  layer_lr_decay=config.layer_lr_decay, unfreeze_every=config.unfreeze_every)
-    tx, labels = transfer.make_transfer_optimizer(config.train, start_params, L, plan)
-    schedule = optim.lr_schedule(config.train)
-    mesh = shd.make_mesh(config.mesh.axes, config.mesh.shape)
-    rules = shd.rules_from_config(config.sharding_rules)
+    rules = policy.parse_rules(config.param_rules) + policy.strategy_rules(
+        config.strategy, L, unfrozen_layers=config.unfrozen_layers, layer_lr_decay=config.layer_lr_decay,
+        unfreeze_every=config.unfreeze_every)
     ids0, mask0 = encoded["train"][0][:1], encoded["train"][1][:1]
-    state, sharding = create_train_state(lambda r: model.init(r, ids0, mask0)["params"], tx, mesh, rules, config.seed)
-    state = state.replace(params=jax.device_put(start_params, sharding.params))
-    trainable, frozen = transfer.trainable_counts(start_params, labels, plan)
-    opt_bytes = tree_bytes(state.opt_state)
+    run = engine.setup(lambda r: model.init(r, ids0, mask0)["params"], config.train, config.mesh,
+                       config.sharding_rules, config.seed, rules=rules, start_params=start_params)
+    trainable, frozen = run.counts()
+    opt_bytes = run.optimizer_bytes()
     log(f"{trainable:,} trainable / {frozen:,} frozen parameters; optimizer state {opt_bytes / 1e6:.2f} MB")
+    for line in policy.describe(start_params, run.labels, run.plans):
+        log(line)
 
-    batch_sharding = shd.batch_sharding(mesh, rules)
-    vec_sharding = shd.batch_sharding(mesh, rules, ndim=1)
+    batch_sharding, vec_sharding = run.batch_sharding(2), run.batch_sharding(1)
+    step_fn = engine.compile_train_step(classify.train_loss(model), run, (batch_sharding, batch_sharding, vec_sharding))
     # Replicated logits: every process gets every row's predictions, however the batch is split.
     logits_fn = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, deterministic=True),
-                        out_shardings=shd.replicated(mesh))
-    step_fn = jax.jit(make_classifier_step(model, tx, schedule),
-                      in_shardings=(sharding, batch_sharding, batch_sharding, vec_sharding),
-                      out_shardings=(sharding, shd.replicated(mesh)), donate_argnums=0)
+                        out_shardings=shd.replicated(run.mesh))
     # a: a global batch [B, ...], the same on every process; each transfers only its devices' rows.
     put = lambda a: distributed.global_array(batch_sharding if a.ndim == 2 else vec_sharding, a.shape, a.__getitem__)
     B = config.data.batch_size
     order = packing.PackedBatches(np.arange(len(y["train"]))[:, None], B, config.seed)
+    ids_tr, mask_tr = encoded["train"]
 
+    def batch_for(s: int):
+        idx = order.local_batch(s)[:, 0]
+        # Every process cuts its rows to the same length: the global batch's trimmed length.
+        cols = classify.trimmed_length(mask_tr[order.indices(s)])
+        return put(ids_tr[idx, :cols]), put(mask_tr[idx, :cols]), put(y["train"][idx])
+
+    has_validation = len(y["validation"]) > 0
+
+    def evaluate(params) -> dict:
+        preds, vloss = classify.predict(logits_fn, params, *encoded["validation"], y["validation"], B * 4, put)
+        return {"accuracy": float((preds == y["validation"]).mean()), "loss": vloss}
+
+    # Without a validation set there is nothing to select on: the last step is kept.
+    resume = engine.restore(run, workdir, select=has_validation) if resume_allowed else None
     before = measure_forgetting = None
     # A checkpoint whose LM head was added fresh (e.g. a Hugging Face BertModel) has no pretraining loss
     # to forget: measuring it would report the loss of a random head.
@@ -425,48 +396,29 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, num_
         measure_forgetting = pretraining_loss_fn(pre, config.forgetting.sequences, config.forgetting.batch_size)
         before = measure_forgetting(pre.params) if measure_forgetting else None
 
-    writer = MetricWriter(workdir)
-    progress = Progress(config.train.steps, 0, f"finetune {config.strategy}", config.train.log_every)
-    curve, best, stale = [], (-1.0, 0, None), 0
-    ids_tr, mask_tr = encoded["train"]
-    longest = trimmed_length(mask_tr)  # the widest batch training will see: its compilation is reused
-    with shd.mesh_context(mesh, rules):
-        step_memory = memory.train_step_memory(step_fn, state, *(memory.global_batch_spec(a, B, s) for a, s in (
-            (ids_tr[:, :longest], batch_sharding), (mask_tr[:, :longest], batch_sharding),
-            (y["train"], vec_sharding))))
-        log(memory.describe(step_memory))
-        for step in range(1, config.train.steps + 1):
-            idx = order.local_batch(step - 1)[:, 0]
-            # Every process cuts its rows to the same length: the global batch's trimmed length.
-            cols = trimmed_length(mask_tr[order.indices(step - 1)])
-            state, metrics = step_fn(state, put(ids_tr[idx, :cols]), put(mask_tr[idx, :cols]), put(y["train"][idx]))
-            if step % config.train.eval_every == 0 or step == config.train.steps:
-                preds, vloss = predict(logits_fn, state.params, *encoded["validation"], y["validation"], B * 4, put)
-                vacc = float((preds == y["validation"]).mean()) if len(preds) else 0.0
-                m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                curve.append({"step": step, "accuracy": vacc, "loss": vloss, "train_loss": m["loss"]})
-                writer.write(step, {"loss": m["loss"], "learning_rate": m["learning_rate"]}, "train/")
-                writer.write(step, {"accuracy": vacc, "loss": vloss}, "validation/")
-                progress.update(step, {"loss": m["loss"], "val_acc": vacc})
-                # Without a validation set there is nothing to select on: the last step is kept.
-                if vacc > best[0] or not len(y["validation"]):
-                    best, stale = (vacc, step, distributed.to_host(state.params)), 0
-                else:
-                    stale += 1
-                    if config.train.patience and stale >= config.train.patience:
-                        log(f"early stop at step {step}: no validation gain for {stale} evaluations")
-                        break
-    progress.close()
-    writer.close()
-    compilations = step_fn._cache_size()
-    best_acc, best_step, best_params = best
-    preds, _ = predict(logits_fn, jax.device_put(best_params, sharding.params), *encoded["test"], y["test"], B * 4, put)
+    longest = classify.trimmed_length(mask_tr)  # the widest batch training will see: its compilation is reused
+    widest = [memory.global_batch_spec(a, B, s) for a, s in ((ids_tr[:, :longest], batch_sharding),
+                                                (mask_tr[:, :longest], batch_sharding), (y["train"], vec_sharding))]
+    t = config.train
+    spec = engine.LoopSpec(total_steps=t.steps, log_every=t.log_every, eval_every=t.eval_every,
+                           checkpoint_every=t.checkpoint_every, keep_checkpoints=t.keep_checkpoints,
+                           select="accuracy" if has_validation else "", patience=t.patience)
+    result = engine.fit(run, step_fn, batch_for, spec, workdir, evaluate=evaluate if has_validation else None,
+                        desc=f"finetune {config.strategy}", batch_specs=widest, resume=resume)
+    best_params = result.best_params
+    with shd.mesh_context(run.mesh, run.rules):
+        preds, _ = classify.predict(logits_fn, jax.device_put(best_params, run.state_sharding.params),
+                                    *encoded["test"], y["test"], B * 4, put)
     forgetting = None
     if before is not None:
         after = measure_forgetting(with_backbone(pre.params, best_params))
         if after is not None:
             forgetting = {"pretrain_loss_before": before, "pretrain_loss_after": after, "increase": after - before}
+    curve = [{"step": c["step"], "accuracy": c["accuracy"], "loss": c["loss"], "train_loss": c["train_loss"]}
+             for c in result.curve]
     return {"test_accuracy": float((preds == y["test"]).mean()), "test_predictions": preds,
-            "validation_curve": curve, "best_step": best_step, "best_validation_accuracy": best_acc,
+            "validation_curve": curve, "best_step": result.best_step,
+            "best_validation_accuracy": result.best_value if has_validation else 0.0,
             "trainable_params": trainable, "frozen_params": frozen, "optimizer_state_bytes": opt_bytes,
-            "train_step_compilations": compilations, "forgetting": forgetting, "memory": step_memory}
+            "train_step_compilations": result.compilations, "forgetting": forgetting, "memory": result.memory,
+            "steps_this_run": result.steps_this_run}

@@ -541,22 +541,17 @@ def export_weights(params: dict, cfg: TransformerConfig) -> dict[str, np.ndarray
     return out
 
 
-def _as_pretrained(source) -> Pretrained:
-    if isinstance(source, Pretrained):
-        pre = source
-    else:
-        from tljax.pretrained import resolve
-        pre = resolve(str(source))
+def _with_weights(pre: Pretrained) -> Pretrained:
     if pre.params is None:
         raise HFError(f"{pre.run_dir} has no weights to write")
     return pre
 
 
-def export_hf(source, out_folder: str | Path) -> Path:
-    """Write ``source`` (a Pretrained, a tljax run path or an ``hf:`` spec) as a Hugging Face folder:
+def export_hf(source: Pretrained, out_folder: str | Path) -> Path:
+    """Write ``source`` (``tljax.init_from.resolve`` gives one from a run path or ``hf:`` spec) as a Hugging Face folder:
     config.json (BertForMaskedLM / GPT2LMHeadModel), model.safetensors, tokenizer files. Returns the folder."""
     from safetensors.numpy import save_file
-    pre = _as_pretrained(source)
+    pre = _with_weights(source)
     out = Path(str(out_folder)[3:] if str(out_folder).startswith("hf:") else out_folder).expanduser()
     if out.exists() and any(out.iterdir()):
         raise HFError(f"{out} exists and is not empty; give a new folder")
@@ -571,15 +566,15 @@ def export_hf(source, out_folder: str | Path) -> Path:
     return out.absolute()
 
 
-def write_run(source, workdir: str | Path) -> Path:
-    """Write ``source`` (a Pretrained, an ``hf:`` spec or a run path) as a tljax run folder: config.json in
+def write_run(source: Pretrained, workdir: str | Path) -> Path:
+    """Write ``source`` (a Pretrained) as a tljax run folder: config.json in
     the pretraining format, tokenizer/, and an orbax checkpoint at step 0 (params; no optimizer state).
     ``init_from``, ``tljax.from_pretrained`` and ``tljax convert`` accept it."""
     import jax
     import jax.numpy as jnp
     from tljax.checkpoint import Checkpoints
     from tljax.state import TrainState
-    pre = _as_pretrained(source)
+    pre = _with_weights(source)
     workdir = Path(workdir).expanduser()
     if (workdir / "checkpoints").exists() or (workdir / "config.json").exists():
         raise HFError(f"{workdir} already holds a run; give a new folder")
@@ -649,8 +644,3 @@ class PretrainedModel:
         c = self.config
         return (f"PretrainedModel({c.kind}, {c.num_layers} layers, hidden {c.hidden_size}, vocab {c.vocab_size}, "
                 f"from {self.pretrained.run_dir})")
-
-
-def from_pretrained(path: str | os.PathLike) -> PretrainedModel:
-    from tljax.pretrained import resolve
-    return PretrainedModel(resolve(str(path)))

@@ -9,26 +9,44 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tljax.utils import is_lead_process
+from tljax.utils import atomic_write_text, is_lead_process, json_safe
+
+
+def _row_step(line: str) -> int | None:
+    """The step of a metrics.jsonl line, None for a torn (half-written) line."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class MetricWriter:
-    """Appends ``{"step": s, **scalars}`` to ``workdir/metrics.jsonl`` and writes TensorBoard scalars."""
+    """Appends ``{"step": s, **scalars}`` to ``workdir/metrics.jsonl`` and writes TensorBoard scalars.
 
-    def __init__(self, workdir: str | Path, enabled: bool | None = None):
+    resume_step: the step the run (re)starts from. Rows of later steps, written by an earlier attempt
+    that was stopped before its next checkpoint, are dropped from metrics.jsonl, and TensorBoard is told to
+    purge them, so the steps replayed after a resume appear once."""
+
+    def __init__(self, workdir: str | Path, enabled: bool | None = None, resume_step: int | None = None):
         self.enabled = is_lead_process() if enabled is None else enabled
         self._jsonl = self._tb = None
         if self.enabled:
             workdir = Path(workdir)
-            self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
+            path = workdir / "metrics.jsonl"
+            if resume_step is not None and path.exists():
+                kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+                        if _row_step(line) is not None and _row_step(line) <= resume_step]
+                atomic_write_text(path, "".join(kept))
+            self._jsonl = open(path, "a", encoding="utf-8")
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(str(workdir / "tensorboard"), flush_secs=10)
+            self._tb = SummaryWriter(str(workdir / "tensorboard"), flush_secs=10,
+                                     purge_step=None if resume_step is None else resume_step + 1)
 
     def write(self, step: int, scalars: dict, prefix: str = ""):
         if not self.enabled:
             return
         clean = {f"{prefix}{k}": float(v) for k, v in scalars.items()}
-        self._jsonl.write(json.dumps({"step": int(step), **clean}) + "\n")
+        self._jsonl.write(json.dumps(json_safe({"step": int(step), **clean}), allow_nan=False) + "\n")
         self._jsonl.flush()
         for k, v in clean.items():
             if math.isfinite(v):

@@ -1,7 +1,6 @@
-"""Where fine-tuning starts: a tljax pretraining run (workdir, its checkpoints/ folder, or one step of
-it), a Hugging Face BERT / GPT-2 folder (``hf:/path``, ``hf:org/name`` from the local hub cache, or the
-alias ``hf:minilm``; see ``tljax.hf``), or nothing (``none``: the same architecture and tokenizer, random
-weights)."""
+"""A pretrained starting point (``Pretrained``: config, architecture, tokenizer, weights) and how a tljax
+pretraining run (workdir, its checkpoints/ folder, or one step of it) is read as one. Hugging Face folders
+are read by ``tljax.hf``; ``tljax.init_from`` resolves an ``init_from`` spec to either."""
 from __future__ import annotations
 
 import dataclasses
@@ -63,32 +62,3 @@ def load_run(path: str | Path, with_weights: bool = True) -> Pretrained:
         params = None if params is None else unstack_layers(params)
         model = dataclasses.replace(model, scan_layers=False)
     return Pretrained(run_dir, config, model, tokenizer, params)
-
-
-def _load(path: str, with_weights: bool = True) -> Pretrained:
-    if path.startswith("hf:"):
-        from tljax.hf import load_hf
-        return load_hf(path, with_weights=with_weights)
-    try:
-        return load_run(path, with_weights=with_weights)
-    except PretrainedError as e:
-        folder = Path(path).expanduser()
-        if (folder / "config.json").exists() and not (folder / "checkpoints").exists() and (
-                "model_type" in (folder / "config.json").read_text()):
-            raise PretrainedError(f"{e}; {folder} looks like a Hugging Face model folder: "
-                                  f"give it as hf:{path}") from None
-        raise
-
-
-def resolve(init_from: str, model_like: str = "") -> Pretrained:
-    """``init_from``: a run path, ``hf:<folder or alias>``, or ``none`` (random weights; architecture and
-    tokenizer from ``model_like``, itself a run path or ``hf:`` spec)."""
-    if not init_from:
-        raise PretrainedError("init_from is empty; give a pretraining workdir (e.g. runs/bert_tiny), "
-                              "hf:<Hugging Face folder> or 'none'")
-    if init_from == "none":
-        if not model_like:
-            raise PretrainedError("init_from=none needs model_like=<pretraining workdir> to take the architecture "
-                                  "and tokenizer from (its weights are not used)")
-        return _load(model_like, with_weights=False)
-    return _load(init_from)

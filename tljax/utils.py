@@ -49,6 +49,6 @@ def json_safe(value):
     return value
 
 
-def write_json(path: str | Path, value, indent: int | None = 2) -> None:
+def write_json(path: str | Path, value, indent: int | None = 2, sort_keys: bool = False) -> None:
     """Strict JSON (non-finite floats as null), written atomically."""
-    atomic_write_text(path, json.dumps(json_safe(value), indent=indent, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(json_safe(value), indent=indent, allow_nan=False, sort_keys=sort_keys) + "\n")

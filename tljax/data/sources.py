@@ -19,6 +19,8 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
+from tljax.data import prepared
+
 
 class SourceError(ValueError):
     """A data source spec that cannot be read; the message names the spec and the fix."""
@@ -91,8 +93,7 @@ def _tfds_documents(args: str) -> Iterator[str]:
 
 
 def _builtin_documents(args: str) -> Iterator[str]:
-    from tljax.data import corpus  # the embedded offline corpus
-    paths = corpus.corpus_paths()
+    paths = prepared.corpus_paths()  # the embedded offline corpus
     split = {"corpus": "train", "corpus_eval": "eval"}.get(args)
     if split is None:
         raise SourceError(f"unknown builtin source {args!r}; use 'builtin:corpus' or 'builtin:corpus_eval'")
