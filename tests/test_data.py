@@ -100,8 +100,8 @@ def test_tfds_source_reads_array_record_without_tensorflow(tmp_path, monkeypatch
     docs = {"train": ["first train document", "second train document"], "eval": ["held out text"]}
     for split, texts in docs.items():
         (corpus_dir / f"{split}.jsonl").write_text("".join(json.dumps({"text": t, "source": "x"}) + "\n" for t in texts))
-    from tljax.data import corpus
-    monkeypatch.setattr(corpus, "corpus_paths", lambda: {s: corpus_dir / f"{s}.jsonl" for s in docs})
+    from tljax.data import prepared
+    monkeypatch.setattr(prepared, "corpus_paths", lambda: {s: corpus_dir / f"{s}.jsonl" for s in docs})
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     import sys
     assert "tensorflow" not in sys.modules

@@ -104,8 +104,8 @@ def test_finetune_killed_after_a_checkpoint_resumes_to_the_same_result(pretraine
 def test_sigterm_saves_the_current_step_and_the_rerun_resumes(text_corpus, cache, tmp_path):
     config = tmp_path / "config.py"
     config.write_text("import sys\nsys.path.insert(0, %r)\nfrom conftest import tiny_pretrain_config\n"
-                      "def get_config():\n    return tiny_pretrain_config('mlm', 'bert', %r, steps=400, "
-                      "checkpoint_every=100, log_every=10, eval_every=100)\n" % (str(ROOT / "tests"), str(text_corpus)))
+                      "def get_config():\n    return tiny_pretrain_config('mlm', 'bert', %r, steps=3000, "
+                      "checkpoint_every=100, log_every=10, eval_every=500)\n" % (str(ROOT / "tests"), str(text_corpus)))
     workdir = tmp_path / "run"
     args = ["pretrain", "--config", str(config), "--workdir", str(workdir)]
     proc = tljax(args, cache)
@@ -124,8 +124,8 @@ def test_sigterm_saves_the_current_step_and_the_rerun_resumes(text_corpus, cache
     assert rerun.returncode == 0, out
     assert f"resumed from step {stopped_at}" in out
     summary = json.loads((workdir / "summary.json").read_text())
-    assert summary["steps"] == 400 and summary["steps_this_run"] == 400 - stopped_at
-    assert summary["tokens_seen"] == 400 * 8 * 32
+    assert summary["steps"] == 3000 and summary["steps_this_run"] == 3000 - stopped_at
+    assert summary["tokens_seen"] == 3000 * 8 * 32
     train_rows = [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().splitlines()
                   if "train/loss" in l]
     assert len(train_rows) == len(set(train_rows))  # one row per logged step after the resume

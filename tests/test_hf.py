@@ -17,7 +17,7 @@ import tljax  # noqa: E402
 from tljax import finetune, hf  # noqa: E402
 from tljax.cli import main as cli_main  # noqa: E402
 from tljax.data import tokenizer as tok_lib  # noqa: E402
-from tljax.data.fetch import cache_dir  # noqa: E402
+from tljax.utils import cache_dir  # noqa: E402
 from tljax.init_from import resolve  # noqa: E402
 from tljax.pretrained import PretrainedError  # noqa: E402
 

@@ -61,8 +61,8 @@ def test_frozen_groups_hold_no_optimizer_bytes():
     train = pretrain_config("mlm", "bert").train
     opt_bytes = {}
     for strategy in ("full", "light"):
-        rules = policy.strategy_rules(strategy, cfg.num_layers, unfrozen_layers=1)
-        tx, labels, plan = policy.make_optimizer(train, params, rules)
+        preset = policy.strategy_rules(strategy, cfg.num_layers, unfrozen_layers=1)
+        tx, labels, plan = policy.make_optimizer(train, params, preset)
         state, _ = create_train_state(init, tx, mesh, rules, 0)
         opt_bytes[strategy] = memory.bytes_per_device(state.opt_state)
         trainable = [p for p, g in zip(jax.tree.leaves(params), jax.tree.leaves(labels)) if not plan[g].frozen]

@@ -2,7 +2,6 @@
 parameters are laid out as the logical rules say."""
 import numpy as np
 import jax
-import jax.numpy as jnp
 import pytest
 from jax.sharding import PartitionSpec as P
 

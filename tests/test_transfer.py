@@ -5,7 +5,6 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 import pytest
 import flax.linen as nn
 from flax import traverse_util

@@ -3,8 +3,6 @@ formats (gensim reads the export), features, and a tiny run that learns co-occur
 import json
 import math
 
-import ml_collections
-
 from tljax.defaults import word2vec_config
 import numpy as np
 import pytest

