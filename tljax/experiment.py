@@ -27,6 +27,7 @@ import numpy as np
 
 from tljax import config as config_lib
 from tljax.metrics import is_lead_process
+from tljax.utils import write_json
 
 log = lambda msg: print(msg, flush=True) if is_lead_process() else None
 
@@ -84,6 +85,7 @@ def validate(config) -> None:
         raise config_lib.ConfigError(f"seeds={tuple(config.seeds)} must be distinct integers")
     if config.max_epochs <= 0:
         raise config_lib.ConfigError(f"max_epochs={config.max_epochs} must be > 0")
+    config_lib.validate_finetune(config.finetune, prefix="finetune.")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -110,7 +112,7 @@ def prepare_starts(config, workdir: Path) -> dict:
         starts["minilm"] = {"init_from": config.minilm.init_from, "wall_seconds": None,
                             "note": "pretrained by its authors (not measured here)"}
     if is_lead_process():
-        _costs_path(workdir).write_text(json.dumps(costs, indent=2) + "\n")
+        write_json(_costs_path(workdir), costs)
     return starts
 
 
@@ -193,8 +195,9 @@ def _read_summary(cell_dir: Path) -> dict | None:
 
 def _differences(cell_dir: Path, cfg) -> list[str]:
     """``field: saved -> current`` for every setting of a finished cell that the current config changes."""
-    saved = dict(config_lib.flatten(json.loads((cell_dir / "config.json").read_text())))
-    current = dict(config_lib.flatten(config_lib.to_dict(cfg)))
+    from tljax.workdir import result_settings
+    saved = result_settings(json.loads((cell_dir / "config.json").read_text()))
+    current = result_settings(config_lib.to_dict(cfg))
     return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(saved) | set(current))
             if saved.get(k) != current.get(k)]
 
@@ -297,7 +300,7 @@ def write_results(rows: list[dict], starts: dict, config, workdir: Path) -> dict
         write_csv(rows, workdir / "results.csv")
         (workdir / "results.md").write_text(results_markdown(rows, claims, starts, config))
         plot_learning_curve(rows, workdir / "learning_curve.png")
-        (workdir / "claims.json").write_text(json.dumps(claims, indent=2) + "\n")
+        write_json(workdir / "claims.json", claims)
     return claims
 
 
@@ -429,7 +432,7 @@ def results_markdown(rows: list[dict], claims: dict, starts: dict, config) -> st
                 + " |" for m in shown]
         return out + [""]
 
-    lines = [f"# Learning curve: {config.finetune.data.name or config.finetune.data.train}", "",
+    lines = [f"# Learning curve: {config.finetune.data.train or config.finetune.data.name or 'rotten_tomatoes'}", "",
              f"Test accuracy by number of labeled training examples; mean ± std over seeds {seeds}.", ""]
     lines += table("test_accuracy", "Test accuracy")
     lines += table("test_macro_f1", "Macro-F1")

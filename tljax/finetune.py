@@ -32,6 +32,8 @@ from tljax.metrics import MetricWriter, Progress, is_lead_process
 from tljax.models import LanguageModel, SequenceClassifier
 from tljax.pretrained import Pretrained, PretrainedError, resolve
 from tljax.state import create_train_state, count_params, tree_bytes
+from tljax.utils import write_json
+from tljax import workdir as workdir_lib
 
 log = lambda msg: print(msg, flush=True) if is_lead_process() else None
 
@@ -304,9 +306,17 @@ def run(config, workdir: str | Path, feature_cache: bool = True) -> dict:
     """Fine-tune (or probe) per ``config`` into ``workdir``; returns and writes ``summary.json``.
 
     feature_cache: reuse frozen features of texts encoded by earlier runs (off when a run is timed, as in
-    ``tljax experiment``: its wall seconds then include encoding every text)."""
+    ``tljax experiment``: its wall seconds then include encoding every text). The config is checked first;
+    the workdir is locked for the run, and a finished result of another config is not replaced unless
+    ``overwrite`` is set."""
+    config_lib.validate_finetune(config)
+    with workdir_lib.locked(workdir):
+        workdir_lib.check_finished_result(config, workdir)
+        return _run(config, Path(workdir), feature_cache)
+
+
+def _run(config, workdir: Path, feature_cache: bool) -> dict:
     t_start = time.time()
-    workdir = Path(workdir)
     if config.strategy not in transfer.STRATEGIES:
         raise config_lib.ConfigError(f"strategy={config.strategy!r} unknown; use one of {', '.join(transfer.STRATEGIES)}")
     if config.init_from == "none" and config.strategy != "full":
@@ -352,7 +362,7 @@ def run(config, workdir: str | Path, feature_cache: bool = True) -> dict:
     summary["test_macro_f1"] = macro_f1(y["test"], summary.pop("test_predictions"), num_classes)
     summary["wall_seconds"] = time.time() - t_start
     if is_lead_process():
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(workdir / "summary.json", summary)
     log(f"test accuracy {summary['test_accuracy']:.4f}, macro-F1 {summary['test_macro_f1']:.4f} "
         f"({config.strategy}, {summary['num_labeled']} labels, {summary['wall_seconds']:.0f}s)")
     return summary

@@ -20,6 +20,7 @@ import optax
 from tljax import config as config_lib
 from tljax import distributed
 from tljax import memory, objectives, optim
+from tljax import workdir as workdir_lib
 from tljax import sharding as shd
 from tljax.checkpoint import Checkpoints
 from tljax.data import packing, sources
@@ -28,6 +29,7 @@ from tljax.data.fetch import cache_dir
 from tljax.metrics import MetricWriter, Progress, is_lead_process
 from tljax.models import LanguageModel, model_config
 from tljax.state import TrainState, abstract_with_shardings, count_params, create_train_state
+from tljax.utils import write_json
 
 
 def log(msg: str) -> None:
@@ -200,16 +202,16 @@ def make_eval_step(loss_fn, seed: int):
 # The run
 # ----------------------------------------------------------------------------------------------------
 def run(config, workdir: str | Path) -> dict:
-    """Pretrain per ``config`` into ``workdir`` (resuming if it holds checkpoints). Returns the summary."""
+    """Pretrain per ``config`` into ``workdir`` (resuming if it holds checkpoints). Returns the summary.
+    The config is checked first; the workdir is locked for the run (one run per workdir)."""
+    config_lib.validate_pretrain(config)
+    with workdir_lib.locked(workdir):
+        return _run(config, Path(workdir))
+
+
+def _run(config, workdir: Path) -> dict:
     t_start = time.time()
-    workdir = Path(workdir)
-    # (1) Workdir and config.
-    if config.objective not in ("mlm", "clm"):
-        raise config_lib.ConfigError(f"objective={config.objective!r} unknown; use 'mlm' or 'clm'")
-    if (config.objective == "mlm") != (config.model.kind == "bert"):
-        raise config_lib.ConfigError(f"objective={config.objective!r} needs model.kind="
-                                     f"{'bert' if config.objective == 'mlm' else 'gpt'}")
-    workdir.mkdir(parents=True, exist_ok=True)
+    # (1) Workdir and config: validated and locked by run().
 
     # (2) Tokenizer, (3) data.
     tokenizer = setup_tokenizer(config, workdir)
@@ -256,9 +258,10 @@ def run(config, workdir: str | Path) -> dict:
     # (5) Resume.
     ckpt = Checkpoints(workdir / "checkpoints", keep=config.train.keep_checkpoints,
                        save_every=config.train.checkpoint_every)
-    if ckpt.latest_step() is not None:
-        target = abstract_with_shardings(state_sharding, jax.eval_shape(lambda s: s, state))
-        state, meta = ckpt.restore(target)
+    # The newest checkpoint that restores; damaged newer ones are logged and moved aside (tljax.checkpoint).
+    restored = ckpt.restore_latest(abstract_with_shardings(state_sharding, jax.eval_shape(lambda s: s, state)))
+    if restored is not None:
+        state, meta, _ = restored
         log(f"resumed from step {int(state.step)} (data position {meta['data']})")
 
     # (6) Jitted steps: sharded in and out, state donated.
@@ -348,7 +351,7 @@ def run(config, workdir: str | Path) -> dict:
         "steps_this_run": step - first_step, "memory": step_memory,
     }
     if is_lead_process():
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(workdir / "summary.json", summary)
     log(f"done: {json.dumps(summary)}")
     return summary
 

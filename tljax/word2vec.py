@@ -628,12 +628,9 @@ def run(config, workdir: str | Path, log=print) -> dict:
     from tljax import config as config_lib
     from tljax.config import ConfigError
     from tljax.data import sources
+    from tljax.utils import write_json
     workdir = Path(workdir)
-    for name in ("dim", "window", "negatives", "epochs", "batch_size"):
-        if int(config[name]) < 1:
-            raise ConfigError(f"{name} must be >= 1, got {config[name]}")
-    if config.model not in ("skipgram", "cbow"):
-        raise ConfigError(f"model must be 'skipgram' or 'cbow', got {config.model!r}")
+    config_lib.validate_word2vec(config)
     docs = sources.iter_documents(config.data.source)
     first = next(docs, None)  # a bad source fails here, before anything is written
     if first is None:
@@ -648,6 +645,6 @@ def run(config, workdir: str | Path, log=print) -> dict:
     result.vectors.save(workdir)
     result.vectors.export_word2vec_format(workdir / "vectors.txt")
     summary = dict(result.summary, source=config.data.source)
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(workdir / "summary.json", summary)
     log(f"wrote {workdir}/vectors.npz, vocab.txt, vectors.txt, summary.json")
     return summary
