@@ -98,7 +98,7 @@ def acquire(workdir: str | Path) -> Path:
             raise config_lib.ConfigError(f"{workdir} is in use by another run ({_describe(owner)}); {hint}")
         raise config_lib.ConfigError(f"cannot take the lock {path} (it keeps changing); is another run "
                                      f"starting on {workdir}?")
-    except PermissionError as e:
+    except OSError as e:  # read-only, full, or a filesystem that takes no new files
         raise config_lib.ConfigError(f"cannot write in --workdir {workdir} ({e.strerror}); give a directory you "
                                      f"can write to") from None
     finally:
@@ -134,10 +134,10 @@ def locked(workdir: str | Path):
 
 def result_settings(tree: dict) -> dict:
     """The flat settings of a fine-tuning config (a dict as in config.json) that decide its result:
-    ``overwrite`` dropped, the default labeled set spelled out (runs made before ``data.name`` defaulted
-    to "" saved "rotten_tomatoes")."""
-    flat = dict(config_lib.flatten(tree))
-    flat.pop("overwrite", None)
+    ``overwrite`` and the device layout (``mesh``, ``sharding_rules``) dropped, the default labeled set
+    spelled out (runs made before ``data.name`` defaulted to "" saved "rotten_tomatoes")."""
+    flat = {k: v for k, v in config_lib.flatten(tree)
+            if k != "overwrite" and not k.startswith(("mesh.", "sharding_rules"))}
     if not flat.get("data.name") and not flat.get("data.train") and not flat.get("data.test"):
         flat["data.name"] = "rotten_tomatoes"
     return flat

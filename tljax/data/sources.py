@@ -129,7 +129,6 @@ def stable_bucket(text: str, buckets: int = 1000) -> int:
 MIN_EXPECTED = 10
 CHUNK_CHARS = 2000
 _MAX_LOOKAHEAD = 20_000  # documents read ahead to decide; more than this always selects by document
-_logged: set = set()
 
 
 def chunk_text(doc: str, size: int = CHUNK_CHARS) -> list[str]:
@@ -198,8 +197,7 @@ def _select_chunks(docs: list[str], subsample: float, holdout: float, take_holdo
     message = (f"data: {len(docs)} document(s) are too few to take fractions (subsample {subsample:g}, holdout "
                f"{holdout:g}) by whole documents; selecting among {len(pieces)} pieces of ~{CHUNK_CHARS} "
                f"characters instead ({len(kept)} kept{held})")
-    if message not in _logged:
-        _logged.add(message)
+    if take_holdout or holdout <= 0:  # once per train/eval pair of selections
         from tljax.utils import log
         log(message)
     for i, piece in enumerate(kept):
