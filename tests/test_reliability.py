@@ -56,6 +56,14 @@ def run_cli(capsys, *argv) -> tuple[int, list[str], str]:
     return code, out.err.strip().splitlines(), out.out
 
 
+def latest_step(folder: Path):
+    ckpt = Checkpoints(folder)
+    try:
+        return ckpt.latest_step()
+    finally:
+        ckpt.close()
+
+
 def tree_files(folder: Path) -> dict:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -100,7 +108,7 @@ def test_damaged_latest_checkpoints_walk_back_are_kept_and_those_steps_saved_aga
     aside = {p.name.split(".")[0]: p for p in ckpts.iterdir() if ".damaged-" in p.name}
     assert sorted(aside) == ["4", "6"] and tree_files(aside["4"]) == damaged_bytes
     assert {v.relative_to(ckpts / "4").as_posix() for v in victims} <= set(tree_files(aside["4"]))
-    assert Checkpoints(ckpts).latest_step() == 6 and (ckpts / "4" / "state").is_dir()
+    assert latest_step(ckpts) == 6 and (ckpts / "4" / "state").is_dir()
     assert json.loads((workdir / "summary.json").read_text())["steps"] == 6
 
 
@@ -119,7 +127,6 @@ def target():
 
 
 def test_read_params_and_restore_latest_fall_back_and_never_delete(tmp_path, capsys):
-    from tljax.checkpoint import CheckpointError
     folder = tmp_path / "checkpoints"
     small_checkpoints(folder).close()
     (folder / "6" / "state" / "_METADATA").unlink()
@@ -128,6 +135,7 @@ def test_read_params_and_restore_latest_fall_back_and_never_delete(tmp_path, cap
     assert step == 4 and np.array_equal(params["w"], np.full((4, 3), 4.0))
     assert "checkpoint step 6" in capsys.readouterr().out
     assert (folder / "6").is_dir()  # someone else's run: nothing moved
+    from tljax.checkpoint import CheckpointError
     # An explicit step that does not restore is a one-line error, not a fallback.
     with pytest.raises(CheckpointError, match="checkpoint step 6 .* does not restore"):
         read_params(folder, 6)
@@ -151,28 +159,39 @@ def test_no_restorable_checkpoint_is_an_error_and_moves_nothing(tmp_path):
         ckpt.restore_latest(target())
     ckpt.close()
     assert sorted(p.name for p in folder.iterdir()) == before
-    assert Checkpoints(tmp_path / "empty").restore_latest(target()) is None
+    empty = Checkpoints(tmp_path / "empty")
+    assert empty.restore_latest(target()) is None
+    empty.close()
 
 
 # ----------------------------------------------------------------------------------------------------
 # 2. One run per workdir
 # ----------------------------------------------------------------------------------------------------
 def test_second_run_on_a_locked_workdir_exits_2_naming_the_owner(text_corpus, tmp_path):
-    from tljax import workdir as workdir_lib
     config = tiny_config_file(tmp_path / "tiny.py", text_corpus)
     workdir = tmp_path / "run"
-    with workdir_lib.locked(workdir):  # this process is the running owner
+    workdir.mkdir()
+    # This process is the running owner (the lock a run takes: pid, host, start time).
+    lock = {"pid": os.getpid(), "host": socket.gethostname(), "started": 1764633600.0, "command": "tljax pretrain"}
+    (workdir / ".tljax.lock").write_text(json.dumps(lock))
+    r = subprocess.run([sys.executable, "-m", "tljax.cli", "pretrain", "--config", str(config),
+                        "--workdir", str(workdir)], capture_output=True, text=True, cwd=REPO,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"tljax: error: {workdir} is in use by another run (pid {os.getpid()} on {socket.gethostname()}, "
+        f"started 2025-12-02 00:00:00 UTC); wait for it to finish, stop it, or use another --workdir"], r.stderr[-2000:]
+    assert sorted(p.name for p in workdir.iterdir()) == [".tljax.lock"]  # the second run wrote nothing
+    assert json.loads((workdir / ".tljax.lock").read_text()) == lock
+
+
+def test_the_lock_is_held_during_a_run_and_released_after(tmp_path):
+    from tljax import workdir as workdir_lib
+    workdir = tmp_path / "run"
+    with workdir_lib.locked(workdir):
         lock = json.loads((workdir / ".tljax.lock").read_text())
         assert lock["pid"] == os.getpid() and lock["host"] == socket.gethostname()
-        r = subprocess.run([sys.executable, "-m", "tljax.cli", "pretrain", "--config", str(config),
-                            "--workdir", str(workdir)], capture_output=True, text=True, cwd=REPO,
-                           env=dict(os.environ, PYTHONPATH=str(REPO)))
-        assert r.returncode == 2 and "started " in r.stderr, r.stderr[-2000:]
-        assert r.stderr.strip().splitlines() == [
-            f"tljax: error: {workdir} is in use by another run (pid {os.getpid()} on {socket.gethostname()}, "
-            f"started {r.stderr.split('started ')[1].split(')')[0]}); wait for it to finish, stop it, or use "
-            f"another --workdir"]
-        assert sorted(p.name for p in workdir.iterdir()) == [".tljax.lock"]  # the second run wrote nothing
+        with pytest.raises(ConfigError, match=f"in use by another run \\(pid {os.getpid()} "):
+            workdir_lib.acquire(workdir)  # the same workdir twice, even from one process
     assert not workdir.exists()  # released; the block wrote nothing, so no empty workdir is left
 
 
@@ -326,15 +345,15 @@ def test_finetune_uses_the_given_files_and_refuses_name_plus_files(tmp_path):
     write_keyword_task(tmp_path)
     base = ["finetune", "--config", str(REPO / "configs/finetune_classify.py"), "--workdir", str(tmp_path / "w"),
             f"--config.data.train=csv:{tmp_path}/train.csv", f"--config.data.test=csv:{tmp_path}/test.csv"]
-    config, _ = cli.parse_config_flags(base[1:], command="finetune")
+    config, _ = cli.parse_config_flags(base[1:])
     data = labeled.load_labeled(config.data, seed=0)
     assert data.label_names == ["neg", "pos"]
     assert len(data.train) + len(data.validation) == 120 and len(data.test) == 40
-    config, _ = cli.parse_config_flags(base[1:] + ["--config.data.name=rotten_tomatoes"], command="finetune")
+    config, _ = cli.parse_config_flags(base[1:] + ["--config.data.name=rotten_tomatoes"])
     with pytest.raises(SourceError, match=r"^both data.name='rotten_tomatoes' and data.train and data.test are "
                                           r"set; clear one: --config.data.name= to use your files"):
         labeled.load_labeled(config.data, seed=0)
-    config, _ = cli.parse_config_flags(base[1:6], command="finetune")
+    config, _ = cli.parse_config_flags(base[1:6])
     with pytest.raises(SourceError, match="data.train is set but data.test is empty"):
         labeled.load_labeled(config.data, seed=0)
     assert labeled.labeled_specs({"name": ""}) == ("builtin:rotten_tomatoes/train", "builtin:rotten_tomatoes/test")
@@ -350,14 +369,6 @@ def test_one_text_file_corpus_holds_out_pieces_and_pretrains(tmp_path, capsys):
     text = "\n".join(" ".join(doc.split()) for doc in topics.values())[:200_000]
     novel = tmp_path / "novel.txt"
     novel.write_text(text, encoding="utf-8")
-    docs = list(sources.iter_documents(f"text:{novel}"))
-    assert len(docs) == 1
-    train = list(sources.select_documents(docs, holdout=0.01))
-    held = list(sources.select_documents(docs, holdout=0.01, take_holdout=True))
-    pieces = sources.chunk_text(text)
-    assert len(held) == math.floor(len(pieces) * 0.01) > 0 and not set(train) & set(held)
-    assert sorted(train + held) == sorted(pieces) and " ".join(pieces).split() == text.split()
-
     config = tiny_config_file(tmp_path / "tiny.py", tmp_path, steps=2, log_every=1)
     workdir = tmp_path / "run"
     code, err, out = run_cli(capsys, "pretrain", "--config", str(config), "--workdir", str(workdir),
@@ -366,6 +377,15 @@ def test_one_text_file_corpus_holds_out_pieces_and_pretrains(tmp_path, capsys):
     assert "data: 1 document(s) are too few to take fractions (subsample 1, holdout 0.01) by whole documents" in out
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["steps"] == 2 and math.isfinite(summary["eval_loss"])
+
+    # The held-out pieces: 1 % of them, evenly spread, disjoint from training; together the whole text.
+    docs = list(sources.iter_documents(f"text:{novel}"))
+    assert len(docs) == 1
+    train = list(sources.select_documents(docs, holdout=0.01))
+    held = list(sources.select_documents(docs, holdout=0.01, take_holdout=True))
+    pieces = sources.chunk_text(text)
+    assert len(held) == math.floor(len(pieces) * 0.01) > 0 and not set(train) & set(held)
+    assert sorted(train + held) == sorted(pieces) and " ".join(pieces).split() == text.split()
 
 
 # ----------------------------------------------------------------------------------------------------

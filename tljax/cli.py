@@ -121,12 +121,14 @@ def parse_config_flags(argv: list[str], extra_flags=(), command: str = "COMMAND"
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Exceptions that mean bad input (config, data, checkpoint): reported in one line, exit status 2."""
+    from tljax.checkpoint import CheckpointError
     from tljax.config import ConfigError
     from tljax.data.fetch import FetchError
     from tljax.data.sources import SourceError
     from tljax.pretrained import PretrainedError
     from tljax.distributed import DistributedError
-    return ConfigError, SourceError, FetchError, PretrainedError, DistributedError, FileNotFoundError
+    return (ConfigError, SourceError, FetchError, PretrainedError, DistributedError, CheckpointError,
+            FileNotFoundError)
 
 
 def _default_config(command: str):

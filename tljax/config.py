@@ -189,18 +189,30 @@ def check_rules(config, rules: dict, prefix: str = "") -> None:
             raise ConfigError(rule_error(prefix + field, value, rule))
 
 
-def _check_mesh(mesh_cfg, prefix: str = "") -> None:
+def _check_mesh(mesh_cfg, prefix: str = "", batch_size: int | None = None, rules=None) -> None:
+    """The mesh shape against its axes and the devices; with ``batch_size``, that the batch divides over
+    the mesh axes the ``batch`` rule of ``rules`` splits it across."""
     axes, shape = tuple(mesh_cfg.axes), tuple(mesh_cfg.shape)
     if len(axes) != len(shape) or any(not _is_int(s) or (s < 1 and s != -1) for s in shape) or shape.count(-1) > 1:
         raise ConfigError(f"{prefix}mesh.shape={shape} is invalid: it must give one size >= 1 (or one -1 for the "
                           f"remaining devices) per axis of {prefix}mesh.axes={axes}; e.g. "
                           f"--config.{prefix}mesh.shape='({', '.join(['-1'] + ['1'] * (len(axes) - 1))})'")
-    import jax
     from tljax import sharding
     try:
-        sharding.make_mesh(axes, shape)
+        mesh = sharding.make_mesh(axes, shape)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if batch_size is None or rules is None:
+        return
+    split = dict(sharding.rules_from_config(rules)).get("batch")
+    split = (split,) if isinstance(split, str) else tuple(split or ())
+    shards = 1
+    for axis in split:
+        shards *= mesh.shape.get(axis, 1)
+    if batch_size % shards:
+        raise ConfigError(f"{prefix}data.batch_size={batch_size} does not divide over the {shards} batch shards of "
+                          f"{prefix}mesh.shape={tuple(mesh.devices.shape)} ({' x '.join(split)}); use a multiple of "
+                          f"{shards}, or another mesh")
 
 
 def validate_pretrain(config) -> None:
@@ -208,8 +220,9 @@ def validate_pretrain(config) -> None:
     devices) before anything is written; raises ConfigError naming the field and the fix."""
     check_rules(config, PRETRAIN_RULES)
     if (config.objective == "mlm") != (config.model.kind == "bert"):
-        raise ConfigError(f"objective={config.objective!r} needs model.kind="
-                          f"{'bert' if config.objective == 'mlm' else 'gpt'}")
+        kind = "bert" if config.objective == "mlm" else "gpt"
+        raise ConfigError(f"objective={config.objective!r} needs model.kind={kind}; set --config.model.kind={kind} "
+                          f"(or start from the config file of the other objective)")
     if config.model.hidden_size % config.model.num_heads:
         raise ConfigError(f"model.hidden_size={config.model.hidden_size} is not divisible by model.num_heads="
                           f"{config.model.num_heads}; change one of them")
@@ -223,14 +236,16 @@ def validate_pretrain(config) -> None:
     sources.parse_spec(config.data.source)
     if config.data.eval_source:
         sources.parse_spec(config.data.eval_source)
-    _check_mesh(config.mesh)
+    _check_mesh(config.mesh, batch_size=config.data.batch_size, rules=config.sharding_rules)
 
 
 def validate_finetune(config, prefix: str = "") -> None:
     """Check every field of a ``tljax finetune`` config (``prefix``: where it sits in a larger config, e.g.
     "finetune." in ``tljax experiment``); raises ConfigError naming the field and the fix."""
     check_rules(config, FINETUNE_RULES, prefix)
-    _check_mesh(config.mesh, prefix)
+    from tljax.data import labeled
+    labeled.labeled_specs(config.data)  # name vs train/test files: one of them would be ignored
+    _check_mesh(config.mesh, prefix, batch_size=config.data.batch_size, rules=config.sharding_rules)
 
 
 def validate_word2vec(config) -> None:

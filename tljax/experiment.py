@@ -231,14 +231,18 @@ def _eta(pending: list[Cell], seconds_by_method: dict[str, list[float]]) -> str:
 
 def run(config, workdir: str | Path) -> dict:
     """Run (or resume) the grid into ``workdir``; write results.csv / results.md / learning_curve.png and
-    return {"rows": [...], "claims": {...}}."""
+    return {"rows": [...], "claims": {...}}. The config is checked first; the workdir is locked for the run."""
+    from tljax import workdir as workdir_lib
+    validate(config)
+    with workdir_lib.locked(workdir):
+        return _run(config, Path(workdir))
+
+
+def _run(config, workdir: Path) -> dict:
     from tljax import finetune
     from tljax.data import labeled
 
     t_start = time.time()
-    validate(config)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     if is_lead_process():
         config_lib.save_config(config, workdir)
     # Cells of one method and budget compile the same step for every seed: keep compilations on disk.

@@ -628,7 +628,6 @@ def run(config, workdir: str | Path, log=print) -> dict:
     from tljax import config as config_lib
     from tljax.config import ConfigError
     from tljax.data import sources
-    from tljax.utils import write_json
     workdir = Path(workdir)
     config_lib.validate_word2vec(config)
     docs = sources.iter_documents(config.data.source)
@@ -636,7 +635,15 @@ def run(config, workdir: str | Path, log=print) -> dict:
     if first is None:
         raise ConfigError(f"data.source {config.data.source!r} holds no documents")
     docs = itertools.chain([first], docs)
-    workdir.mkdir(parents=True, exist_ok=True)
+    from tljax import workdir as workdir_lib
+    with workdir_lib.locked(workdir):
+        return _write_run(config, workdir, docs, log)
+
+
+def _write_run(config, workdir: Path, docs, log) -> dict:
+    from tljax import config as config_lib
+    from tljax.config import ConfigError
+    from tljax.utils import write_json
     config_lib.save_config(config, workdir)
     try:
         result = train(docs, config, log=log)
