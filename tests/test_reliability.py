@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import jax
@@ -172,14 +173,16 @@ def test_second_run_on_a_locked_workdir_exits_2_naming_the_owner(text_corpus, tm
     workdir = tmp_path / "run"
     workdir.mkdir()
     # This process is the running owner (the lock a run takes: pid, host, start time).
-    lock = {"pid": os.getpid(), "host": socket.gethostname(), "started": 1764633600.0, "command": "tljax pretrain"}
+    started = time.time()
+    lock = {"pid": os.getpid(), "host": socket.gethostname(), "started": started, "command": "tljax pretrain"}
     (workdir / ".tljax.lock").write_text(json.dumps(lock))
     r = subprocess.run([sys.executable, "-m", "tljax.cli", "pretrain", "--config", str(config),
                         "--workdir", str(workdir)], capture_output=True, text=True, cwd=REPO,
                        env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         f"tljax: error: {workdir} is in use by another run (pid {os.getpid()} on {socket.gethostname()}, "
-        f"started 2025-12-02 00:00:00 UTC); wait for it to finish, stop it, or use another --workdir"], r.stderr[-2000:]
+        f"started {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(started))}); wait for it to finish, stop it, "
+        f"or use another --workdir"], r.stderr[-2000:]
     assert sorted(p.name for p in workdir.iterdir()) == [".tljax.lock"]  # the second run wrote nothing
     assert json.loads((workdir / ".tljax.lock").read_text()) == lock
 
@@ -206,6 +209,11 @@ def test_a_stale_lock_is_taken_over_with_a_message(tmp_path, capsys):
         assert json.loads((workdir / ".tljax.lock").read_text())["pid"] == os.getpid()
     assert f"taking over the stale lock {workdir / '.tljax.lock'}" in capsys.readouterr().out
     assert not (workdir / ".tljax.lock").exists()
+    # A live pid that started after the lock was taken is not its owner (a pid reused after a reboot).
+    (workdir / ".tljax.lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": 0}))
+    with workdir_lib.locked(workdir):
+        pass
+    assert "taking over the stale lock" in capsys.readouterr().out
     # A lock held on another host cannot be checked: never taken over.
     (workdir / ".tljax.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": 0}))
     with pytest.raises(ConfigError, match=r"in use by another run \(pid 1 on elsewhere.*if that run is gone, delete"):

@@ -4,9 +4,10 @@
 atomically (written to a temporary file, then hard-linked into place, which fails if the lock exists),
 before the run writes anything else into the workdir, and removed when the run ends. A second run on the
 same workdir stops with a one-line error naming the owner. A lock whose pid no longer runs on this host
-(a run killed with SIGKILL, a crashed machine) is stale and taken over with a message; a lock from
-another host cannot be checked and is never taken over. In a multi-process run only process 0 holds the
-lock (the other processes share the workdir).
+(a run killed with SIGKILL), or runs a process started after the lock was taken (a pid reused after a
+reboot), is stale and taken over with a message; a lock from another host cannot be checked and is
+never taken over. In a multi-process run only process 0 holds the lock (the other processes share the
+workdir).
 """
 from __future__ import annotations
 
@@ -24,14 +25,28 @@ from tljax.utils import is_lead_process, log, write_json
 LOCK_NAME = ".tljax.lock"
 
 
-def _pid_alive(pid: int) -> bool:
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (Unix time, from /proc on Linux), or None where that is unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(l.split()[1]) for l in Path("/proc/stat").read_text().splitlines() if l.startswith("btime"))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _owner_alive(owner: dict) -> bool:
+    """Whether the lock's pid still runs the process that took it (a pid reused by a process started
+    after the lock, e.g. after a reboot or a container restart, does not count)."""
+    pid = owner["pid"]
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by another user
-        return True
-    return True
+        pass
+    started, taken = _process_start(pid), owner.get("started")
+    return not (started is not None and isinstance(taken, (int, float)) and started > taken + 2.0)
 
 
 def _describe(owner: dict) -> str:
@@ -85,7 +100,7 @@ def acquire(workdir: str | Path) -> Path:
                 continue
             same_host = owner.get("host") == me["host"]
             pid = owner.get("pid")
-            if same_host and isinstance(pid, int) and pid != me["pid"] and not _pid_alive(pid):
+            if same_host and isinstance(pid, int) and pid != me["pid"] and not _owner_alive(owner):
                 log(f"taking over the stale lock {path} of a run that no longer runs ({_describe(owner)})")
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
