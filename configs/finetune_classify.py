@@ -5,7 +5,7 @@
         --config.data.name=rotten_tomatoes --config.data.num_labeled=100
     tljax finetune --config configs/finetune_classify.py --workdir runs/my_task \\
         --config.init_from=runs/bert_tiny --config.strategy=progressive \\
-        --config.data.name= --config.data.train='csv:train.csv' --config.data.test='csv:test.csv'
+        --config.data.train='csv:train.csv' --config.data.test='csv:test.csv'
 
 Strategies: features | light | full | progressive (see docs/transfer.md); init_from=none with
 model_like=<run> is the from-scratch baseline. Sized for the tiny pretrained models on 2 CPU cores:

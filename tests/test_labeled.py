@@ -188,8 +188,8 @@ def test_unknown_kind_and_missing_file(tmp_path):
         read_labeled(f"csv:{missing}")
     msg = _one_line(e)
     assert str(missing) in msg and "does not exist" in msg and "data.train" in msg
-    with pytest.raises(SourceError, match="data.train is empty"):
-        load_labeled(_cfg(), seed=0)
+    with pytest.raises(SourceError, match="data.test is set but data.train is empty"):
+        load_labeled(_cfg(test=f"csv:{missing}"), seed=0)
     with pytest.raises(SourceError, match="unknown labeled dataset"):
         load_labeled(_cfg(name="imdb"), seed=0)
 
@@ -306,9 +306,7 @@ def test_builtin_rotten_tomatoes(monkeypatch):
         rotten_tomatoes.prepare_rotten_tomatoes()
     manifest = json.loads((rotten_tomatoes.dataset_dir() / "manifest.json").read_text())
 
-    # Extra fields (train/test specs) are ignored when name is set.
-    data = load_labeled(_cfg(name="rotten_tomatoes", train="csv:/nope", num_labeled=100,
-                             num_validation=200), seed=0)
+    data = load_labeled(_cfg(name="rotten_tomatoes", num_labeled=100, num_validation=200), seed=0)
     assert data.label_names == ["rotten", "fresh"]
     assert data.num_train_available == manifest["splits"]["train"]["examples"]
     assert len(data.test) == manifest["splits"]["test"]["examples"]

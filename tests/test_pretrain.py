@@ -76,8 +76,8 @@ def cli(*args, cwd=None):
 def test_cli_errors_are_one_line_with_exit_2(tmp_path):
     r = cli("pretrain", "--config", "configs/bert_mlm_tiny.py", "--workdir", str(tmp_path), "--config.train.stepz=3")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "tljax: error: unknown config field '--config.train.stepz' (did you mean 'steps'?); "
-        "see the config file for valid fields"]
+        "tljax: error: unknown config field '--config.train.stepz' (did you mean '--config.train.steps'?); "
+        "'tljax pretrain --help' lists the valid fields"]
     r = cli("pretrain", "--config", "configs/bert_mlm_tiny.py", "--workdir", str(tmp_path),
             "--config.data.source=text:/nonexistent/*.txt", "--config.data.tokenizer.path=")
     assert r.returncode == 2 and "no file matches '/nonexistent/*.txt'" in r.stderr

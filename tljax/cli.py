@@ -13,7 +13,7 @@ import sys
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-USAGE = """usage: tljax COMMAND [flags]
+USAGE = """usage: tljax COMMAND [flags]     (tljax COMMAND --help: its flags and config fields; tljax --version)
 
 commands:
   pretrain --config FILE.py[:ARG] --workdir DIR [--config.FIELD=VALUE ...]
@@ -42,7 +42,41 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
-def parse_config_flags(argv: list[str], extra_flags=()) -> tuple[object, dict]:
+def config_file_arg(argv: list[str]) -> str | None:
+    """The value of ``--config FILE[:ARG]`` / ``--config=FILE[:ARG]`` in ``argv``, or None."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _last_line(text: str) -> str:
+    """The last non-empty line of an error text (a config file's traceback ends with its message)."""
+    lines = [l.strip() for l in str(text).strip().splitlines() if l.strip()]
+    return lines[-1] if lines else ""
+
+
+def _failed_override(argv: list[str], error: Exception, command: str) -> str:
+    """One line for an override naming no existing field: which ``--config.`` argument (the one whose path
+    holds the unknown name ml-collections reports) and the closest field name."""
+    import re
+    text = str(error)
+    missing = re.match(r"""^['"\\]*(\w+)""", text.strip("'\"\\"))
+    key = missing.group(1) if missing else None
+    overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    bad = next((a for a in overrides if key in a[len("--config."):].split(".")), overrides[0] if overrides else "")
+    hint = re.search(r'Did you mean "(\w+)"', text)
+    suggestion = ""
+    parts = bad[len("--config."):].split(".")
+    if hint and key in parts:
+        parts[parts.index(key)] = hint.group(1)
+        suggestion = f" (did you mean '--config.{'.'.join(parts)}'?)"
+    return (f"unknown config field {bad!r}{suggestion}; 'tljax {command} --help' lists the valid fields")
+
+
+def parse_config_flags(argv: list[str], extra_flags=(), command: str = "COMMAND") -> tuple[object, dict]:
     """Parse ``--config`` (ml-collections file + overrides), ``--workdir`` and ``extra_flags``.
 
     Returns (config, {flag: value}); any parse problem becomes a one-line error.
@@ -50,6 +84,12 @@ def parse_config_flags(argv: list[str], extra_flags=()) -> tuple[object, dict]:
     from absl import flags
     from ml_collections import config_flags
 
+    spec = config_file_arg(argv)
+    if spec is not None:
+        path = spec.split(":", 1)[0]
+        if not os.path.isfile(path):
+            fail(f"config file {path} {'is a directory' if os.path.isdir(path) else 'does not exist'}; "
+                 f"give a .py config file such as configs/bert_mlm_tiny.py")
     fv = flags.FlagValues()
     # sys_argv: the --config.* overrides are looked up in this argv, not in sys.argv (they differ when
     # main() is called from Python).
@@ -60,23 +100,23 @@ def parse_config_flags(argv: list[str], extra_flags=()) -> tuple[object, dict]:
         flags.DEFINE_string(name, default, help_, flag_values=fv)
     try:
         fv(["tljax"] + argv)
+        config = fv.config
     except flags.Error as e:
-        fail(f"{e}")
+        text = str(e)
+        if "Traceback" in text:  # the config file raised: its own message is the traceback's last line
+            fail(f"cannot load --config {spec}: {_last_line(text)}")
+        fail(_last_line(text) if "\n" in text.strip() else text)
     except (AttributeError, KeyError) as e:
-        bad = next((a for a in argv if a.startswith("--config.")), "")
-        import re
-        hint = re.search(r'Did you mean "(\w+)"', str(e))
-        fail(f"unknown config field {bad.split('=')[0]!r}"
-             + (f" (did you mean {hint.group(1)!r}?)" if hint else "") + "; see the config file for valid fields")
+        fail(_failed_override(argv, e, command))
     except Exception as e:  # a config file that does not load
-        fail(f"cannot load --config: {type(e).__name__}: {e}")
-    if fv.config is None:
+        fail(f"cannot load --config {spec}: {type(e).__name__}: {_last_line(str(e))}")
+    if config is None:
         fail("--config is required (e.g. --config configs/bert_mlm_tiny.py)")
     if not fv.workdir:
         fail("--workdir is required (the run's output directory)")
     values = {name: getattr(fv, name) for name, _, _ in extra_flags}
     values["workdir"] = fv.workdir
-    return fv.config, values
+    return config, values
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -92,14 +132,87 @@ def user_errors() -> tuple[type[Exception], ...]:
             FileNotFoundError)
 
 
-def run_config_command(argv, run, interrupted: str, multiprocess: bool = False):
+def _default_config(command: str):
+    """The config a command's fields are documented from when ``--help`` gets no ``--config``."""
+    from tljax import defaults
+    if command == "pretrain":
+        return defaults.pretrain_config("mlm", "bert")
+    if command == "finetune":
+        return defaults.finetune_config()
+    return None
+
+
+def _load_for_help(spec: str):
+    import importlib.util
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_tljax_help_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config(), open(path, encoding="utf-8").read()
+
+
+def command_help(command: str, argv: list[str]) -> str:
+    """``tljax COMMAND --help``: usage, flags, and every config field with its value and one-line doc (the
+    comments of tljax/defaults.py and of the ``--config`` file, when one is given) and its valid values."""
+    from tljax import config as config_lib
+    from tljax import distributed
+    usage, summary = COMMAND_USAGE[command]
+    out = [f"usage: tljax {command} {usage}", "", summary, "", "flags:",
+           "  --config FILE.py[:ARG]  ml-collections config file (configs/*.py); its fields are below",
+           "  --workdir DIR           run directory (outputs; one run at a time holds it)",
+           "  --config.FIELD=VALUE    override one field of the config",
+           "  -h, --help              this help (with --config FILE: that file's values)"]
+    if command in ("pretrain", "finetune"):
+        out += [f"  --{name:<21} {help_}" for name, _, help_ in distributed.FLAGS]
+    builders = config_lib.builder_docs()
+    docs = dict(builders.get(f"{command}_config", {}))
+    spec = config_file_arg(argv)
+    config, source_note = _default_config(command), "tljax/defaults.py"
+    example = {"word2vec": "configs/word2vec.py", "experiment": "configs/experiments/learning_curve.py"}.get(command)
+    if spec is None and config is None and example and os.path.isfile(example):
+        spec = example  # run from a checkout: document the shipped config
+    if spec is not None:
+        try:
+            config, source = _load_for_help(spec)
+        except Exception as e:  # --help still prints the rest
+            out += ["", f"(cannot load --config {spec}: {_last_line(str(e)) or type(e).__name__})"]
+            return "\n".join(out)
+        docs.update(config_lib.field_docs(source, builders))
+        source_note = spec
+    if config is None:
+        out += ["", "config fields: give --config FILE to list them (e.g. "
+                    f"{'configs/word2vec.py' if command == 'word2vec' else 'configs/experiments/learning_curve.py'})"]
+        return "\n".join(out)
+    rules = {"pretrain": config_lib.PRETRAIN_RULES, "finetune": config_lib.FINETUNE_RULES,
+             "word2vec": config_lib.WORD2VEC_RULES}.get(command, {})
+    if command == "experiment":
+        rules = {f"finetune.{k}": v for k, v in config_lib.FINETUNE_RULES.items()}
+    out += ["", f"config fields (--config.FIELD=VALUE; values of {source_note}):"]
+    shown_groups = set()
+    for field, value in config_lib.flatten(config_lib.to_dict(config)):
+        parts = field.split(".")
+        for i in range(1, len(parts)):
+            group = ".".join(parts[:i])
+            if group in docs and group not in shown_groups:
+                shown_groups.add(group)
+                out.append(f"  # {group}: {docs[group]}")
+        note = docs.get(field) or (rules[field].need if field in rules else "")
+        line = f"  {field} = {value!r}"
+        out.append(f"{line:<44} {note}".rstrip() if note else line)
+    return "\n".join(out)
+
+
+def run_config_command(argv, run, interrupted: str, multiprocess: bool = False, command: str = "COMMAND"):
     """Parse ``--config``/``--workdir`` and call ``run(config, workdir)``, turning user errors into one line.
 
     multiprocess: also accept the launch flags of ``tljax.distributed`` and join the runtime first."""
     from tljax import distributed
     from tljax.engine import RunStopped
+    if "-h" in argv or "--help" in argv:
+        print(command_help(command, argv))
+        sys.exit(0)
     extra = [(name, None, help_) for name, _, help_ in distributed.FLAGS] if multiprocess else []
-    config, values = parse_config_flags(argv, extra)
+    config, values = parse_config_flags(argv, extra, command)
     try:
         if multiprocess:  # before anything touches a device: joining needs a fresh backend
             distributed.initialize(distributed.resolve_launch(values))
@@ -115,26 +228,35 @@ def run_config_command(argv, run, interrupted: str, multiprocess: bool = False):
 def cmd_pretrain(argv):
     from tljax import pretrain
     run_config_command(argv, pretrain.run, "the last checkpoint is kept, re-run the same command to resume",
-                       multiprocess=True)
+                       multiprocess=True, command="pretrain")
 
 
 def cmd_finetune(argv):
     from tljax import finetune
     run_config_command(argv, finetune.run, "the last checkpoint is kept, re-run the same command to resume",
-                       multiprocess=True)
+                       multiprocess=True, command="finetune")
 
 
 def cmd_word2vec(argv):
     from tljax import word2vec
-    run_config_command(argv, word2vec.run, "nothing was saved, re-run the command")
+    run_config_command(argv, word2vec.run, "nothing was saved, re-run the command", command="word2vec")
 
 
 def cmd_experiment(argv):
     from tljax import experiment
-    run_config_command(argv, experiment.run, "finished cells are kept, re-run the same command to resume")
+    run_config_command(argv, experiment.run, "finished cells are kept, re-run the same command to resume",
+                       command="experiment")
+
+
+def _simple_help(command: str, argv: list[str]) -> None:
+    if "-h" in argv or "--help" in argv:
+        usage, summary = COMMAND_USAGE[command]
+        print(f"usage: tljax {command} {usage}\n\n{summary}")
+        sys.exit(0)
 
 
 def cmd_data(argv):
+    _simple_help("data", argv)
     if not argv or argv[0] != "prepare" or any(a not in ("--force",) for a in argv[1:]):
         fail("usage: tljax data prepare [--force]")
     from tljax.data import corpus
@@ -145,6 +267,7 @@ def cmd_data(argv):
 
 
 def cmd_convert(argv):
+    _simple_help("convert", argv)
     values, rest = {}, list(argv)
     while rest:
         arg = rest.pop(0)
@@ -172,15 +295,44 @@ def cmd_convert(argv):
         fail(str(e))
 
 
+COMMAND_USAGE = {
+    "pretrain": ("--config FILE.py[:ARG] --workdir DIR [--config.FIELD=VALUE ...]",
+                 "Masked-LM (BERT) or causal-LM (GPT) pretraining; re-running the command resumes from DIR's\n"
+                 "newest checkpoint that restores."),
+    "finetune": ("--config FILE.py --workdir DIR [--config.FIELD=VALUE ...]",
+                 "Text classification by transfer (features, light, full, progressive) from init_from."),
+    "word2vec": ("--config FILE.py --workdir DIR [--config.FIELD=VALUE ...]",
+                 "word2vec (skip-gram/CBOW, negative sampling) word vectors in JAX."),
+    "experiment": ("--config FILE.py[:quick] --workdir DIR [--config.FIELD=VALUE ...]",
+                   "Transfer vs scratch across label budgets: results.csv/.md, learning_curve.png (resumes:\n"
+                   "finished cells are kept)."),
+    "data": ("prepare [--force]", "Fetch and prepare the embedded offline corpus and Rotten Tomatoes."),
+    "convert": ("--from SRC --to DST", "Hugging Face folder <-> tljax run: --from hf:/folder (or hf:minilm) "
+                                       "--to runs/x writes a run\nthat init_from accepts; --from runs/x --to "
+                                       "hf:/folder exports."),
+}
+
 COMMANDS = {"pretrain": cmd_pretrain, "finetune": cmd_finetune, "word2vec": cmd_word2vec,
             "experiment": cmd_experiment, "data": cmd_data,
             "convert": cmd_convert}
+
+
+def version() -> str:
+    """The installed package's version (importlib.metadata), or "unknown" when run from a source tree."""
+    from importlib import metadata
+    try:
+        return metadata.version("tljax")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed; pip install -e .)"
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
+        return 0
+    if argv[0] in ("--version", "-V", "version"):
+        print(f"tljax {version()}")
         return 0
     command = COMMANDS.get(argv[0])
     if command is None:

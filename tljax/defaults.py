@@ -29,7 +29,7 @@ def pretrain_config(objective: str, kind: str) -> ml_collections.ConfigDict:
     c.data.source = "builtin:corpus"  # text:GLOB | jsonl:GLOB[@field] | tfds:name/config:split | builtin:corpus
     # "" = builtin:corpus_eval when training on builtin:corpus, else data.holdout of data.source's documents
     c.data.eval_source = ""
-    c.data.holdout = 0.01
+    c.data.holdout = 0.01  # held-out fraction of data.source when eval_source is "" (documents, or chunks of few)
     c.data.subsample = 1.0  # keep this fraction of documents (by text hash); tiny configs use less
     c.data.seq_len = 128
     c.data.batch_size = 32  # global batch, over all processes and devices
@@ -66,10 +66,11 @@ def finetune_config() -> ml_collections.ConfigDict:
     c.pooling = "auto"  # auto (bert: mean over tokens; gpt: last token) | cls ([CLS] + pooler) | mean | last
     c.head_dropout = 0.1
     c.seed = 0
+    c.overwrite = False  # True: replace a finished result of another config in the workdir
     c.probe = ml_collections.ConfigDict(dict(kind="logreg", c_grid=(0.01, 0.1, 1.0, 10.0), mlp_hidden=256))
 
     c.data = ml_collections.ConfigDict(dict(
-        name="rotten_tomatoes",  # a built-in dataset, or "" to use train/test below
+        name="",  # a built-in dataset (rotten_tomatoes); "" = train/test below if given, else rotten_tomatoes
         train="", test="",  # csv:PATH | jsonl:PATH | tfds:name/config:split
         text_field="text", label_field="label",
         num_labeled=0,  # class-balanced subsample of the training set (0 = all)

@@ -232,7 +232,7 @@ def restore(run: Setup, workdir: str | Path, select: bool = False) -> Resume | N
         ckpt.close()
     if restored is None:
         return None
-    state, meta, best = restored
+    state, meta, best = restored[:3] if select else (*restored[:2], None)
     loop = meta.get("loop") or {"tokens_seen": int(meta.get("tokens_seen") or 0)}
     log(f"resumed from step {int(state.step)}" + (f" (data position {meta['data']})" if meta.get("data") else ""))
     return Resume(state, loop, None if best is None else jax.device_get(best), meta.get("data"))

@@ -28,7 +28,8 @@ import numpy as np
 from tljax import config as config_lib
 from tljax import finetune, pretrain, word2vec
 from tljax.data import labeled
-from tljax.utils import cache_dir, is_lead_process, log
+from tljax import workdir as workdir_lib
+from tljax.utils import cache_dir, is_lead_process, log, write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +85,7 @@ def validate(config) -> None:
         raise config_lib.ConfigError(f"seeds={tuple(config.seeds)} must be distinct integers")
     if config.max_epochs <= 0:
         raise config_lib.ConfigError(f"max_epochs={config.max_epochs} must be > 0")
+    config_lib.validate_finetune(config.finetune, prefix="finetune.")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -110,7 +112,7 @@ def prepare_starts(config, workdir: Path) -> dict:
         starts["minilm"] = {"init_from": config.minilm.init_from, "wall_seconds": None,
                             "note": "pretrained by its authors (not measured here)"}
     if is_lead_process():
-        _costs_path(workdir).write_text(json.dumps(costs, indent=2) + "\n")
+        write_json(_costs_path(workdir), costs)
     return starts
 
 
@@ -192,7 +194,7 @@ def _read_summary(cell_dir: Path) -> dict | None:
 
 def _differences(cell_dir: Path, cfg) -> list[str]:
     """``field: saved -> current`` for every setting of a finished cell that the current config changes."""
-    return config_lib.differences(json.loads((cell_dir / "config.json").read_text()), config_lib.to_dict(cfg))
+    return workdir_lib.result_differences(json.loads((cell_dir / "config.json").read_text()), config_lib.to_dict(cfg))
 
 
 def _row(cell: Cell, summary: dict, steps: int) -> dict:
@@ -224,12 +226,15 @@ def _eta(pending: list[Cell], seconds_by_method: dict[str, list[float]]) -> str:
 
 def run(config, workdir: str | Path) -> dict:
     """Run (or resume) the grid into ``workdir``; write results.csv / results.md / learning_curve.png and
-    return {"rows": [...], "claims": {...}}."""
+    return {"rows": [...], "claims": {...}}. The config is checked first; the workdir is locked for the run."""
+    validate(config)
+    with workdir_lib.locked(workdir):
+        return _run(config, Path(workdir))
+
+
+def _run(config, workdir: Path) -> dict:
 
     t_start = time.time()
-    validate(config)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     if is_lead_process():
         config_lib.save_config(config, workdir)
     # Cells of one method and budget compile the same step for every seed: keep compilations on disk.
@@ -290,7 +295,7 @@ def write_results(rows: list[dict], starts: dict, config, workdir: Path) -> dict
         write_csv(rows, workdir / "results.csv")
         (workdir / "results.md").write_text(results_markdown(rows, claims, starts, config))
         plot_learning_curve(rows, workdir / "learning_curve.png")
-        (workdir / "claims.json").write_text(json.dumps(claims, indent=2) + "\n")
+        write_json(workdir / "claims.json", claims)
     return claims
 
 
@@ -422,7 +427,7 @@ def results_markdown(rows: list[dict], claims: dict, starts: dict, config) -> st
                 + " |" for m in shown]
         return out + [""]
 
-    lines = [f"# Learning curve: {config.finetune.data.name or config.finetune.data.train}", "",
+    lines = [f"# Learning curve: {config.finetune.data.train or config.finetune.data.name or 'rotten_tomatoes'}", "",
              f"Test accuracy by number of labeled training examples; mean ± std over seeds {seeds}.", ""]
     lines += table("test_accuracy", "Test accuracy")
     lines += table("test_macro_f1", "Macro-F1")

@@ -23,6 +23,7 @@ from flax import traverse_util
 
 from tljax import config as config_lib
 from tljax import distributed, engine, memory, policy
+from tljax import workdir as workdir_lib
 from tljax import sharding as shd
 from tljax.data import labeled, packing
 from tljax.data import lm as lm_data
@@ -238,7 +239,16 @@ def run(config, workdir: str | Path, feature_cache: bool = True) -> dict:
     """Fine-tune (or probe) per ``config`` into ``workdir``; returns and writes ``summary.json``.
 
     feature_cache: reuse frozen features of texts encoded by earlier runs (off when a run is timed, as in
-    ``tljax experiment``: its wall seconds then include encoding every text)."""
+    ``tljax experiment``: its wall seconds then include encoding every text). The config is checked first;
+    the workdir is locked for the run, and a finished result of another config is not replaced unless
+    ``overwrite`` is set."""
+    config_lib.validate_finetune(config)
+    with workdir_lib.locked(workdir):
+        workdir_lib.check_finished_result(config, workdir)
+        return _run(config, Path(workdir), feature_cache)
+
+
+def _run(config, workdir: Path, feature_cache: bool) -> dict:
     t_start = time.time()
     workdir = Path(workdir)
     if config.strategy not in policy.STRATEGIES:
@@ -294,13 +304,13 @@ def run(config, workdir: str | Path, feature_cache: bool = True) -> dict:
 
 def _claim_workdir(config, workdir: Path) -> bool:
     """Once every input has been checked: write config.json into ``workdir``. Returns whether the run may
-    resume from checkpoints there (same config). A workdir holding a run of another config is refused
-    unless ``overwrite=True``, which removes that run's checkpoints."""
+    resume from checkpoints there (same settings; the device layout may differ). A workdir holding an
+    unfinished run of another config is refused unless ``overwrite=True``, which removes that run's
+    checkpoints (a finished one: ``workdir.check_finished_result``)."""
     saved = workdir / "config.json"
     same = True
     if saved.exists():
-        diffs = config_lib.differences(json.loads(saved.read_text()), config_lib.to_dict(config),
-                                       ignore=("overwrite",))
+        diffs = workdir_lib.result_differences(json.loads(saved.read_text()), config_lib.to_dict(config))
         same = not diffs
         if diffs and not config.overwrite:
             raise config_lib.ConfigError(

@@ -1,6 +1,6 @@
 """The pretraining run: masked LM (BERT) and causal LM (GPT) as the ``lm`` task on the engine.
 
-Sections: (1) config checks, (2) tokenizer and packed data (``tljax.data.lm``), (3) the sharded step
+Sections: (1) config checks and the workdir lock, (2) tokenizer and packed data (``tljax.data.lm``), (3) the sharded step
 (``tljax.tasks.lm.build``), (4) resume, then the workdir is written, (5) the engine's loop, (6) summary.
 Resume order: the newest intact checkpoint in the workdir, else a fresh init. Nothing is written into the
 workdir before every check has passed.
@@ -16,6 +16,7 @@ import numpy as np
 
 from tljax import config as config_lib
 from tljax import distributed, engine
+from tljax import workdir as workdir_lib
 from tljax import sharding as shd
 from tljax.data import lm as lm_data
 from tljax.data import packing
@@ -25,24 +26,17 @@ from tljax.tasks import lm as lm_task
 from tljax.utils import is_lead_process, log, write_json
 
 
-def check_config(config) -> None:
-    """Raise ConfigError for a pretraining config that cannot run (before anything is read or written)."""
-    if config.objective not in ("mlm", "clm"):
-        raise config_lib.ConfigError(f"objective={config.objective!r} unknown; use 'mlm' or 'clm'")
-    if (config.objective == "mlm") != (config.model.kind == "bert"):
-        raise config_lib.ConfigError(f"objective={config.objective!r} needs model.kind="
-                                     f"{'bert' if config.objective == 'mlm' else 'gpt'}")
-    if config.data.seq_len > config.model.max_len:
-        raise config_lib.ConfigError(f"data.seq_len={config.data.seq_len} exceeds model.max_len="
-                                     f"{config.model.max_len}; lower one or raise the other")
-
-
 def run(config, workdir: str | Path) -> dict:
-    """Pretrain per ``config`` into ``workdir`` (resuming if it holds checkpoints). Returns the summary."""
+    """Pretrain per ``config`` into ``workdir`` (resuming if it holds checkpoints). Returns the summary.
+    The config is checked first; the workdir is locked for the run (one run per workdir)."""
+    config_lib.validate_pretrain(config)
+    with workdir_lib.locked(workdir):
+        return _run(config, Path(workdir))
+
+
+def _run(config, workdir: Path) -> dict:
     t_start = time.time()
-    workdir = Path(workdir)
-    # (1) Config.
-    check_config(config)
+    # (1) Config: validated, and the workdir locked, by run().
 
     # (2) Tokenizer and data. The tokenizer decides the vocabulary, so the config is completed and
     # compared with a run already in the workdir here.
@@ -63,7 +57,8 @@ def run(config, workdir: str | Path) -> dict:
     n_eval_batches = min(config.train.eval_batches, len(eval_seqs) // batch)
     if n_eval_batches == 0:
         raise config_lib.ConfigError(f"the eval data has {len(eval_seqs)} sequences, fewer than one batch "
-                                     f"({batch}); give more eval text or a smaller data.batch_size")
+                                     f"({batch}); give more eval text (data.eval_source, or a larger data.holdout) or a smaller "
+                                     f"data.batch_size")
     if len(train_seqs) == 0:
         raise config_lib.ConfigError("the training data produced no full sequence; give more text or a smaller "
                                      "data.seq_len")

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from tljax import config as config_lib
+from tljax import workdir as workdir_lib
 from tljax.config import ConfigError
 from tljax.data import sources
 from tljax.metrics import MetricWriter
@@ -637,17 +638,17 @@ def run(config, workdir: str | Path, log=print) -> dict:
     """Train on ``config.data.source`` and write into ``workdir``: ``vectors.npz``, ``vocab.txt``,
     ``vectors.txt`` (word2vec text format), ``config.json``, ``summary.json``. Returns the summary."""
     workdir = Path(workdir)
-    for name in ("dim", "window", "negatives", "epochs", "batch_size"):
-        if int(config[name]) < 1:
-            raise ConfigError(f"{name} must be >= 1, got {config[name]}")
-    if config.model not in ("skipgram", "cbow"):
-        raise ConfigError(f"model must be 'skipgram' or 'cbow', got {config.model!r}")
+    config_lib.validate_word2vec(config)
     docs = sources.iter_documents(config.data.source)
     first = next(docs, None)  # a bad source fails here, before anything is written
     if first is None:
         raise ConfigError(f"data.source {config.data.source!r} holds no documents")
     docs = itertools.chain([first], docs)
-    workdir.mkdir(parents=True, exist_ok=True)
+    with workdir_lib.locked(workdir):
+        return _write_run(config, workdir, docs, log)
+
+
+def _write_run(config, workdir: Path, docs, log) -> dict:
     config_lib.save_config(config, workdir)
     writer = MetricWriter(workdir, resume_step=0)  # metrics.jsonl rows per SGD block, as the engine writes
     try:

@@ -9,7 +9,7 @@ seed (30 cells), at most 150 fine-tuning steps per cell instead of 300, and trai
 epoch: the three claims are still answered. Measured times
 and results: docs/results.md.
 
-Any labeled set works: ``--config.finetune.data.name= --config.finetune.data.train=csv:train.csv
+Any labeled set works: ``--config.finetune.data.train=csv:train.csv
 --config.finetune.data.test=csv:test.csv``; a finished starting point is reused with
 ``--config.tljax.init_from=runs/bert_tiny`` / ``--config.word2vec.init_from=runs/w2v``.
 """

@@ -384,11 +384,35 @@ def _int_setting(data_cfg, key: str, default: int) -> int:
     return int(value)
 
 
+def labeled_specs(data_cfg) -> tuple[str, str]:
+    """The (train, test) specs that ``data_cfg`` selects: ``data.train`` / ``data.test`` when given (both
+    are needed), else the built-in ``data.name`` (default, "" : Rotten Tomatoes). A name and files set
+    together is an error: one of them would be ignored."""
+    name = data_cfg.get("name", "") or ""
+    train_spec, test_spec = data_cfg.get("train", "") or "", data_cfg.get("test", "") or ""
+    if name and name != _BUILTIN_RT:
+        raise SourceError(f"unknown labeled dataset data.name={name!r}; use {_BUILTIN_RT!r}, or leave "
+                          "data.name empty and give data.train / data.test specs")
+    if name and (train_spec or test_spec):
+        given = " and ".join(f"data.{k}" for k, v in (("train", train_spec), ("test", test_spec)) if v)
+        raise SourceError(f"both data.name={name!r} and {given} are set; clear one: --config.data.name= to use "
+                          f"your files, or drop {given} to use the built-in dataset")
+    if not (train_spec or test_spec):
+        return f"builtin:{name or _BUILTIN_RT}/train", f"builtin:{name or _BUILTIN_RT}/test"
+    for key, spec in (("train", train_spec), ("test", test_spec)):
+        if not spec:
+            other = "test" if key == "train" else "train"
+            raise SourceError(f"data.{other} is set but data.{key} is empty; set data.{key} to one of "
+                              f"{_SPEC_HELP} too")
+    return train_spec, test_spec
+
+
 def load_labeled(data_cfg, seed: int) -> LabeledData:
     """Load train/validation/test for fine-tuning from ``data_cfg`` (a ConfigDict or dict).
 
-    Fields (all optional, extra fields ignored): ``name`` ("rotten_tomatoes" or ""), ``train`` and
-    ``test`` specs (used when ``name`` is ""), ``text_field`` ("text"), ``label_field`` ("label"),
+    Fields (all optional, extra fields ignored): ``train`` and ``test`` specs, or ``name``
+    ("rotten_tomatoes", also what "" means when no specs are given; see ``labeled_specs``),
+    ``text_field`` ("text"), ``label_field`` ("label"),
     ``num_labeled`` (0 = all), ``num_validation`` (500).
 
     ``train`` is a class-balanced sample of ``num_labeled`` examples (equal per class, the remainder
@@ -397,20 +421,9 @@ def load_labeled(data_cfg, seed: int) -> LabeledData:
     in ``train``; with ``num_labeled=0`` it is carved out of the training split (at most half of it)
     and the rest is ``train``. Deterministic for a given ``seed``.
     """
-    name = data_cfg.get("name", "") or ""
+    train_spec, test_spec = labeled_specs(data_cfg)
     text_field = data_cfg.get("text_field", "text") or "text"
     label_field = data_cfg.get("label_field", "label") or "label"
-    if name:
-        if name != _BUILTIN_RT:
-            raise SourceError(f"unknown labeled dataset data.name={name!r}; use {_BUILTIN_RT!r}, or set "
-                              "data.name='' and give data.train / data.test specs")
-        train_spec, test_spec = f"builtin:{_BUILTIN_RT}/train", f"builtin:{_BUILTIN_RT}/test"
-    else:
-        train_spec, test_spec = data_cfg.get("train", "") or "", data_cfg.get("test", "") or ""
-        for key, spec in (("train", train_spec), ("test", test_spec)):
-            if not spec:
-                raise SourceError(f"data.{key} is empty; set data.name='{_BUILTIN_RT}' or data.{key} to "
-                                  f"one of {_SPEC_HELP}")
     num_labeled = _int_setting(data_cfg, "num_labeled", 0)
     num_validation = _int_setting(data_cfg, "num_validation", DEFAULT_NUM_VALIDATION)
 

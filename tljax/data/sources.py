@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import itertools
 import json
+import math
 import os
 import zlib
 from pathlib import Path
@@ -122,16 +124,89 @@ def stable_bucket(text: str, buckets: int = 1000) -> int:
     return zlib.crc32(text.encode("utf-8")) % buckets
 
 
+# Fractions taken by whole documents need enough documents to be near their target: with fewer than
+# MIN_EXPECTED documents expected in the smaller side (e.g. one 1 MB novel, 1 % held out), the selection
+# is made by CHUNK_CHARS pieces instead.
+MIN_EXPECTED = 10
+CHUNK_CHARS = 2000
+_MAX_LOOKAHEAD = 20_000  # documents read ahead to decide; more than this always selects by document
+
+
+def chunk_text(doc: str, size: int = CHUNK_CHARS) -> list[str]:
+    """``doc`` cut into pieces of about ``size`` characters at line breaks (else at spaces, else anywhere),
+    stripped, none empty. Joined back with whitespace they hold every word of ``doc`` in order."""
+    pieces, current = [], ""
+    for line in doc.splitlines(keepends=True):
+        while len(line) > size:  # one long line (a paragraph per line): cut at the last space before size
+            cut = line.rfind(" ", 0, size)
+            cut = size if cut <= 0 else cut
+            if current:
+                pieces.append(current)
+                current = ""
+            pieces.append(line[:cut])
+            line = line[cut:]
+        if current and len(current) + len(line) > size:
+            pieces.append(current)
+            current = ""
+        current += line
+    pieces.append(current)
+    return [p.strip() for p in pieces if p.strip()]
+
+
+def _too_few(count: int, subsample: float, holdout: float) -> bool:
+    """Whether ``count`` documents are too few to take these fractions by whole documents."""
+    fractions = [f for f in (holdout, 1 - holdout) if 0 < f < 1 and holdout > 0]
+    fractions += [f for f in (subsample, 1 - subsample) if 0 < f < 1]
+    return any(count * f < MIN_EXPECTED for f in fractions)
+
+
 def select_documents(docs, *, subsample: float = 1.0, holdout: float = 0.0, take_holdout: bool = False):
-    """Deterministic selection by text hash: keep a ``subsample`` fraction, then either the documents
-    outside a ``holdout`` fraction (training) or inside it (evaluation)."""
+    """Deterministic selection: keep a ``subsample`` fraction, then either the part outside a ``holdout``
+    fraction (training) or inside it (evaluation); the two are disjoint and together all that was kept.
+
+    By document (text hash) when there are enough documents; when there are too few for the fractions to
+    come out near their value (fewer than MIN_EXPECTED expected on a side: a single large text file, a
+    handful of books), by ~CHUNK_CHARS pieces of the documents instead: a piece is kept by its hash, and
+    every k-th kept piece (k = 1/holdout, evenly spread for any fraction) is held out. Says so in the log."""
+    if subsample >= 1 and holdout <= 0:
+        yield from docs
+        return
+    docs = iter(docs)
+    ahead = []
     for doc in docs:
+        ahead.append(doc)
+        if len(ahead) >= _MAX_LOOKAHEAD or not _too_few(len(ahead), subsample, holdout):
+            break
+    else:  # the source ended while still too small: select by pieces
+        yield from _select_chunks(ahead, subsample, holdout, take_holdout)
+        return
+    for doc in itertools.chain(ahead, docs):
         b = stable_bucket(doc)
         if b >= subsample * 1000:
             continue
         in_holdout = (zlib.crc32(doc.encode("utf-8")[::-1]) % 1000) < holdout * 1000
         if in_holdout == take_holdout:
             yield doc
+
+
+def _select_chunks(docs: list[str], subsample: float, holdout: float, take_holdout: bool):
+    if not docs:
+        return
+    pieces = [p for doc in docs for p in chunk_text(doc)]
+    kept = [p for p in pieces if stable_bucket(p) < subsample * 1000] if subsample < 1 else pieces
+    held = f", {math.floor(len(kept) * holdout)} evenly spread ones held out" if holdout > 0 else ""
+    message = (f"data: {len(docs)} document(s) are too few to take fractions (subsample {subsample:g}, holdout "
+               f"{holdout:g}) by whole documents; selecting among {len(pieces)} pieces of ~{CHUNK_CHARS} "
+               f"characters instead ({len(kept)} kept{held})")
+    if take_holdout or holdout <= 0:  # once per train/eval pair of selections
+        from tljax.utils import log
+        log(message)
+    for i, piece in enumerate(kept):
+        # Piece i is held out when the running count of held-out pieces, floor((i + 1) * holdout), steps up:
+        # exactly floor(n * holdout) of n pieces, evenly spread through the text.
+        in_holdout = math.floor((i + 1) * holdout) > math.floor(i * holdout)
+        if in_holdout == take_holdout:
+            yield piece
 
 
 def fingerprint(spec: str) -> str:
