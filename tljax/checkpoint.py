@@ -18,6 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from tljax.utils import is_lead_process, json_safe, log
 
@@ -70,6 +71,10 @@ def _walk_back(directory: Path, steps, try_restore, what: str):
         skipped.append((step, problem))
         log(f"checkpoint step {step} in {directory} does not restore ({problem}); {what}")
     shown = "; ".join(f"step {s}: {p}" for s, p in skipped[:3])
+    if all("not compatible with the stored shape" in p for _, p in skipped):
+        raise CheckpointError(f"the checkpoints in {directory} hold a model of other shapes than this run's "
+                              f"({skipped[0][1][:160]}); the model config differs from the one that wrote them: use "
+                              f"that config (its config.json), or a new --workdir")
     raise CheckpointError(f"no checkpoint in {directory} restores ({shown}); move the damaged step folders "
                           f"out of {directory} to start over, or use a new --workdir")
 
@@ -103,6 +108,7 @@ class Checkpoints:
         (a tree of ShapeDtypeStructs with shardings), resharding as needed. With ``best_target`` (the
         params' target), (state, meta, best) where best is None for a step saved without one."""
         step = self.latest_step() if step is None else step
+        self._check_params_fit(step, target_state)
         items = dict(state=ocp.args.StandardRestore(target_state), meta=ocp.args.JsonRestore())
         has_best = best_target is not None and (self.directory / str(step) / "best").is_dir()
         if has_best:
@@ -111,6 +117,24 @@ class Checkpoints:
         if best_target is None:
             return restored["state"], restored["meta"]
         return restored["state"], restored["meta"], restored["best"] if has_best else None
+
+    def _check_params_fit(self, step: int, target_state) -> None:
+        """Compare the stored parameters' paths and shapes with the target's from the metadata alone: a
+        model of another shape fails here with the first differing path, not deep inside orbax's
+        asynchronous reads (which leave background tasks printing tracebacks at exit)."""
+        target = getattr(target_state, "params", None)
+        if not isinstance(target, dict):
+            return
+        try:
+            stored = dict(self.manager.item_metadata(step)["state"])["params"]
+        except Exception:  # no readable metadata: the restore itself reports the damage
+            return
+        want = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(target, sep="/").items()}
+        have = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(dict(stored), sep="/").items()}
+        for path in sorted(set(want) | set(have)):
+            if want.get(path) != have.get(path):
+                raise ValueError(f"parameter {path} is not compatible with the stored shape: this run's "
+                                 f"{want.get(path, 'none')} vs stored {have.get(path, 'none')}")
 
     def restore_latest(self, target_state, best_target=None):
         """(state, meta, step) — (state, meta, best, step) with ``best_target`` — of the newest checkpoint

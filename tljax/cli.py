@@ -202,6 +202,14 @@ def command_help(command: str, argv: list[str]) -> str:
     return "\n".join(out)
 
 
+def _quiet_async_noise() -> None:
+    """orbax reads arrays in asyncio tasks; when a restore fails, the tasks' own copies of the error are
+    printed at exit as 'Task exception was never retrieved' tracebacks. The error itself is reported in
+    one line, so these are silenced."""
+    import logging
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
 def run_config_command(argv, run, interrupted: str, multiprocess: bool = False, command: str = "COMMAND"):
     """Parse ``--config``/``--workdir`` and call ``run(config, workdir)``, turning user errors into one line.
 
@@ -213,6 +221,7 @@ def run_config_command(argv, run, interrupted: str, multiprocess: bool = False, 
         sys.exit(0)
     extra = [(name, None, help_) for name, _, help_ in distributed.FLAGS] if multiprocess else []
     config, values = parse_config_flags(argv, extra, command)
+    _quiet_async_noise()
     try:
         if multiprocess:  # before anything touches a device: joining needs a fresh backend
             distributed.initialize(distributed.resolve_launch(values))

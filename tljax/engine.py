@@ -253,7 +253,7 @@ def _first_bad(rows: list[dict], first_step: int) -> int | None:
 def fit(run: Setup, train_step, batch_for: Callable[[int], tuple], spec: LoopSpec, workdir: str | Path, *,
         evaluate: Callable[[Any], dict] | None = None, desc: str = "train", batch_specs: Sequence = (),
         data_position: Callable[[int], dict] | None = None, lr_hint: str = "train.lr",
-        resume: Resume | None = None) -> FitResult:
+        resume: Resume | None = None, on_eval: Callable[[int, dict], None] | None = None) -> FitResult:
     """Train ``run.state`` with ``train_step`` (from ``compile_train_step``) on ``batch_for(step) -> batch
     tuple`` (global arrays; a pure function of the step) per ``spec``, writing metrics, checkpoints and
     progress under ``workdir``; resumes from the newest intact checkpoint there.
@@ -261,7 +261,7 @@ def fit(run: Setup, train_step, batch_for: Callable[[int], tuple], spec: LoopSpe
     evaluate(params) -> {metric: float} or None when there is nothing to evaluate on. batch_specs:
     ShapeDtypeStructs of the widest batch, for the compiled step's memory report. data_position(step) ->
     JSON-able dict saved with checkpoints. resume: what ``restore`` found in ``workdir`` (None: start
-    from ``run.state``). Raises Diverged (nothing non-finite is saved) or Preempted (a
+    from ``run.state``). on_eval(step, result): called after each evaluation (e.g. a log line). Raises Diverged (nothing non-finite is saved) or Preempted (a
     checkpoint of the current step was saved)."""
     workdir = Path(workdir)
     ckpt = Checkpoints(workdir / "checkpoints", keep=max(1, spec.keep_checkpoints))
@@ -299,10 +299,11 @@ def fit(run: Setup, train_step, batch_for: Callable[[int], tuple], spec: LoopSpe
         pending = []
         fetched.extend(rows)
         if bad is not None:
+            kept = ckpt.latest_step()
             raise Diverged(f"the loss or gradient norm is not finite at step {bad}: training diverged, most likely "
-                           f"from too high a learning rate (lower {lr_hint}, or raise train.warmup_steps); the "
-                           f"last good checkpoint is kept" + (f" (step {ckpt.latest_step()})"
-                                                              if ckpt.latest_step() is not None else ""))
+                           f"from too high a learning rate (lower {lr_hint}, or raise train.warmup_steps); "
+                           + (f"the last good checkpoint (step {kept}) is kept" if kept is not None
+                              else "no checkpoint was saved"))
 
     def write_row(s: int):
         nonlocal fetched, t_row, steps_in_row
@@ -354,6 +355,8 @@ def fit(run: Setup, train_step, batch_for: Callable[[int], tuple], spec: LoopSpe
                     result = evaluate(state.params)
                     if result is not None:
                         last_eval = result
+                        if on_eval is not None:
+                            on_eval(step, result)
                         writer.write(step, result, "eval/")
                         loop["curve"].append({"step": step, **result, "train_loss": loop["last_train"].get("loss")})
                         if selecting:

@@ -91,10 +91,11 @@ def _run(config, workdir: Path) -> dict:
         totals = np.zeros(3)
         for i in range(n_eval_batches):
             totals += np.asarray(jax.device_get(built.eval_step(params, eval_batch(i), i)))
-        result = lm_task.totals_to_metrics(totals)
-        log(f"eval loss {result['loss']:.4f} (unigram {baseline:.3f}), accuracy {result['accuracy']:.4f}, "
+        return lm_task.totals_to_metrics(totals)
+
+    def log_eval(step: int, result: dict) -> None:
+        log(f"step {step}: eval loss {result['loss']:.4f} (unigram {baseline:.3f}), accuracy {result['accuracy']:.4f}, "
             f"perplexity {result['perplexity']:.1f}")
-        return result
 
     # (5) The loop.
     t = config.train
@@ -103,11 +104,12 @@ def _run(config, workdir: Path) -> dict:
                            run_steps=t.run_steps, tokens_per_step=batch * config.data.seq_len)
     result = engine.fit(run_, built.step, train_batch, spec, workdir, evaluate=evaluate,
                         desc=f"pretrain {config.objective}", resume=resume, data_position=data.position,
-                        batch_specs=(built.batch,))
+                        batch_specs=(built.batch,), on_eval=log_eval)
     last_eval = result.last_eval
     if not last_eval:  # resumed at the end: evaluate the restored weights
         with shd.mesh_context(run_.mesh, run_.rules):
             last_eval = evaluate(result.state.params)
+        log_eval(int(result.state.step), last_eval)
 
     # (6) Summary.
     step = int(result.state.step)
