@@ -208,7 +208,7 @@ def run(config, workdir: str | Path) -> dict:
         raise config_lib.ConfigError(f"objective={config.objective!r} unknown; use 'mlm' or 'clm'")
     if (config.objective == "mlm") != (config.model.kind == "bert"):
         raise config_lib.ConfigError(f"objective={config.objective!r} needs model.kind="
-                                     f"{'bert' if config.objective == 'mlm' else 'gpt'}")
+                                     f"{'bert' if config.objective == 'mlm' else 'gpt or llama'}")
     workdir.mkdir(parents=True, exist_ok=True)
 
     # (2) Tokenizer, (3) data.
