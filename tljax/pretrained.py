@@ -1,6 +1,7 @@
 """Where fine-tuning starts: a tljax pretraining run (workdir, its checkpoints/ folder, or one step of
-it), a Hugging Face BERT / GPT-2 folder (``hf:/path``, ``hf:org/name`` from the local hub cache, or the
-alias ``hf:minilm``; see ``tljax.hf``), or nothing (``none``: the same architecture and tokenizer, random
+it), a Hugging Face BERT / GPT-2 / Llama folder (``hf:/path``, ``hf:org/name`` from the local hub cache, or
+the aliases ``hf:minilm`` and ``hf:smollm2``; see ``tljax.hf``), a GGUF file (``gguf:/path/model.gguf``,
+see ``tljax.gguf_import``), or nothing (``none``: the same architecture and tokenizer, random
 weights)."""
 from __future__ import annotations
 
@@ -69,6 +70,9 @@ def _load(path: str, with_weights: bool = True) -> Pretrained:
     if path.startswith("hf:"):
         from tljax.hf import load_hf
         return load_hf(path, with_weights=with_weights)
+    if path.startswith("gguf:"):
+        from tljax.gguf_import import load_gguf
+        return load_gguf(path, with_weights=with_weights)
     try:
         return load_run(path, with_weights=with_weights)
     except PretrainedError as e:
