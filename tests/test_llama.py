@@ -245,3 +245,59 @@ def test_bf16_forward_close_to_f32_and_classifier_shares_backbone_paths():
     cls_params = nn.meta.unbox(jax.jit(classifier.init)(jax.random.key(4), ids, mask)["params"])
     assert jax.tree.structure(cls_params["decoder"]) == jax.tree.structure(params["decoder"])
     assert classifier.apply({"params": cls_params}, ids, mask).shape == (8, 3)
+
+
+# ----------------------------------------------------------------------------------------------------
+# End to end: pretrain (scanned, remat), fine-tune, export
+# ----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def llama_run(text_corpus, tmp_path_factory):
+    """A tiny scanned, rematerialised, untied Llama pretrained for 12 steps by ``tljax.pretrain``."""
+    from conftest import tiny_pretrain_config
+    from tljax import pretrain
+    workdir = tmp_path_factory.mktemp("llama_run")
+    config = tiny_pretrain_config("clm", "llama", text_corpus, steps=12)
+    config.model.update(num_heads=4, num_kv_heads=2, activation="silu", dropout=0.0, attention_dropout=0.0,
+                        tie_embeddings=False, scan_layers=True, remat="full")
+    with pytest.MonkeyPatch.context() as mp:  # module scope: the function-scoped fixtures are not active yet
+        mp.setenv("TLJAX_DATA_DIR", str(tmp_path_factory.mktemp("cache")))
+        mp.setattr(jax, "devices", lambda *a: jax.local_devices()[:1] if not a else jax.local_devices(*a)[:1])
+        summary = pretrain.run(config, workdir)
+    return workdir, summary
+
+
+def test_pretrained_llama_run_exports_to_transformers(llama_run, tmp_path):
+    run, summary = llama_run
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["train/loss"] for m in metrics if "train/loss" in m]
+    assert losses[-1] < losses[0] - 0.5 and summary["eval_loss"] < np.log(300)  # it learns
+    # The scanned run loads per-layer and exports to a LlamaForCausalLM that computes the same logits.
+    model = tljax.from_pretrained(str(run))
+    assert model.config.kind == "llama" and not model.config.scan_layers and not model.config.tie_embeddings
+    hf.export_hf(str(run), tmp_path / "hf")
+    back = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+    ids, mask = left_padded_inputs(model.config.vocab_size, length=12)
+    assert max_diff(model(ids, attention_mask=mask).logits, reference(back, ids, mask)[0], mask) <= TOL
+
+
+@pytest.mark.slow
+def test_finetune_from_a_pretrained_llama(llama_run, tmp_path, monkeypatch):
+    import importlib.util
+    import pathlib
+    from conftest import write_keyword_task
+    from tljax import finetune
+    monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1] if not a else jax.local_devices(*a)[:1])
+    spec = importlib.util.spec_from_file_location(
+        "finetune_classify", pathlib.Path(__file__).parents[1] / "configs" / "finetune_classify.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    task = write_keyword_task(tmp_path, (("train", 120), ("test", 40)))
+    ft = module.get_config()
+    ft.init_from, ft.strategy = str(llama_run[0]), "light"
+    ft.data.update(name="", train=f"csv:{task}/train.csv", test=f"csv:{task}/test.csv", num_labeled=40,
+                   num_validation=40, max_len=16, batch_size=8)
+    ft.train.update(steps=20, eval_every=10, log_every=10)
+    ft.mesh.shape = (1, 1, 1)
+    ft.forgetting.update(sequences=16, batch_size=8)
+    result = finetune.run(ft, tmp_path / "ft")
+    assert result["pooling"] == "last" and 0.0 <= result["test_accuracy"] <= 1.0
