@@ -301,3 +301,13 @@ def test_finetune_from_a_pretrained_llama(llama_run, tmp_path, monkeypatch):
     ft.forgetting.update(sequences=16, batch_size=8)
     result = finetune.run(ft, tmp_path / "ft")
     assert result["pooling"] == "last" and 0.0 <= result["test_accuracy"] <= 1.0
+
+
+def test_runs_saved_before_the_llama_fields_still_resume():
+    from tljax.config import resume_differences
+    saved = {"objective": "clm", "model": {"kind": "gpt", "num_layers": 2}}
+    current = {"objective": "clm", "model": {"kind": "gpt", "num_layers": 2, "num_kv_heads": 0, "rope_theta": 10000.0,
+                                             "rope_scaling": "", "tie_embeddings": True}}
+    assert resume_differences(saved, current) == []
+    current["model"]["tie_embeddings"] = False
+    assert resume_differences(saved, current) == ["model.tie_embeddings: True -> False"]
