@@ -4,7 +4,6 @@ verbalizers, zero- and few-shot), and the accuracy against those hand scores."""
 import csv
 import json
 
-import numpy as np
 import pytest
 import torch
 
