@@ -2,12 +2,13 @@
 
 
 def from_pretrained(path):
-    """Load a checkpoint to run: ``hf:/path/to/folder`` (a Hugging Face BERT or GPT-2), ``hf:minilm``, or a
-    tljax run (workdir, its checkpoints/ folder or one step). Returns a callable model::
+    """Load a checkpoint to run: ``hf:/path/to/folder`` (a Hugging Face BERT, GPT-2 or Llama), ``hf:minilm``,
+    ``hf:smollm2``, ``gguf:/path/model.gguf``, or a tljax run (workdir, its checkpoints/ folder or one step).
+    Returns a callable model::
 
         model = tljax.from_pretrained("hf:minilm")
         out = model(input_ids, attention_mask=mask, token_type_ids=types)  # int arrays [B, T]
-        out.last_hidden_state   # [B, T, H], final layer (GPT: after ln_f)
+        out.last_hidden_state   # [B, T, H], final layer (GPT / Llama: after the final norm)
         out.logits              # [B, T, V] when the checkpoint has an LM head, else None
         model.tokenizer         # its Hugging Face tokenizer; model.config, model.params
     """

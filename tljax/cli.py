@@ -25,9 +25,15 @@ commands:
   experiment --config FILE.py[:quick] --workdir DIR [--config.FIELD=VALUE ...]
                           transfer vs scratch across label budgets: results.csv/.md, learning_curve.png
                           (resumes: finished cells are kept)
+  zeroshot --model SRC --data SPEC --workdir DIR [--config.FIELD=VALUE ...]
+                          classify with a causal LM's log-probabilities of label verbalizers (zero- or
+                          few-shot): --config.prompt="Review: {text}\nSentiment:"
+                          --config.verbalizer='{"pos": " positive", "neg": " negative"}' [--config.k_shot=4
+                          --config.train=csv:train.csv]; writes summary.json and predictions.csv
   data prepare [--force]  fetch and prepare the embedded offline corpus and Rotten Tomatoes
   convert --from SRC --to DST
-                          Hugging Face folder <-> tljax run: --from hf:/folder (or hf:minilm) --to runs/x
+                          Hugging Face folder <-> tljax run: --from hf:/folder (or hf:minilm, hf:smollm2)
+                          or gguf:/path/model.gguf --to runs/x
                           writes a run that init_from accepts; --from runs/x --to hf:/folder exports
 
 multi-process pretrain / finetune (the same command in every process; docs/scaling.md):
@@ -264,6 +270,36 @@ def _simple_help(command: str, argv: list[str]) -> None:
         sys.exit(0)
 
 
+def cmd_zeroshot(argv):
+    from absl import flags
+    from ml_collections import config_flags
+    from tljax import zeroshot
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_dict("config", zeroshot.zeroshot_config(), "zeroshot settings", flag_values=fv,
+                                    lock_config=True, sys_argv=["tljax"] + list(argv))
+    for name, help_ in (("model", "causal LM: a tljax run, hf:FOLDER, hf:smollm2 or gguf:FILE"),
+                        ("data", "labeled texts to classify: csv:PATH, jsonl:PATH, tfds:… or builtin:…"),
+                        ("workdir", "output folder (summary.json, predictions.csv)")):
+        flags.DEFINE_string(name, None, help_, flag_values=fv)
+    try:
+        fv(["tljax"] + list(argv))
+    except flags.Error as e:
+        fail(f"{e}")
+    except (AttributeError, KeyError):
+        bad = next((a for a in argv if a.startswith("--config.")), "")
+        fail(f"unknown config field {bad.split('=')[0]!r}; fields: {', '.join(zeroshot.zeroshot_config())}")
+    missing = [name for name in ("model", "data", "workdir") if not getattr(fv, name)]
+    if missing:
+        fail(f"--{missing[0]} is required; usage: tljax zeroshot --model SRC --data SPEC --workdir DIR "
+             f"--config.prompt=... --config.verbalizer=...")
+    try:
+        zeroshot.run(fv.config, fv.model, fv.data, fv.workdir)
+    except user_errors() as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted; nothing was written, re-run the command", 130)
+
+
 def cmd_data(argv):
     _simple_help("data", argv)
     if not argv or argv[0] != "prepare" or any(a not in ("--force",) for a in argv[1:]):
@@ -289,7 +325,8 @@ def cmd_convert(argv):
             value = rest.pop(0)
         values[name[2:]] = value
     if set(values) != {"from", "to"} or not all(values.values()):
-        fail("usage: tljax convert --from SRC --to DST (SRC: hf:/folder, hf:minilm or a tljax run; "
+        fail("usage: tljax convert --from SRC --to DST (SRC: hf:/folder, hf:minilm, hf:smollm2, gguf:/file.gguf "
+             "or a tljax run; "
              "DST: a new run folder, or hf:/folder to export)")
     from tljax import hf
     from tljax.init_from import resolve
@@ -322,7 +359,7 @@ COMMAND_USAGE = {
 }
 
 COMMANDS = {"pretrain": cmd_pretrain, "finetune": cmd_finetune, "word2vec": cmd_word2vec,
-            "experiment": cmd_experiment, "data": cmd_data,
+            "experiment": cmd_experiment, "data": cmd_data, "zeroshot": cmd_zeroshot,
             "convert": cmd_convert}
 
 

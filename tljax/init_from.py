@@ -1,23 +1,28 @@
 """Where fine-tuning (and ``tljax.from_pretrained``, ``tljax convert``) starts: an ``init_from`` spec
 resolved to a ``Pretrained``. A tljax pretraining run (workdir, its checkpoints/ folder, or one step of
-it), a Hugging Face BERT / GPT-2 folder (``hf:/path``, ``hf:org/name`` from the local hub cache, or the
-alias ``hf:minilm``), or nothing (``none``: the same architecture and tokenizer, random weights).
+it), a Hugging Face BERT / GPT-2 / Llama folder (``hf:/path``, ``hf:org/name`` from the local hub cache,
+or the aliases ``hf:minilm`` and ``hf:smollm2``), a GGUF file (``gguf:/path/model.gguf``), or nothing
+(``none``: the same architecture and tokenizer, random weights).
 
-Above both readers (``tljax.pretrained`` for tljax runs, ``tljax.hf`` for Hugging Face folders): they do
-not import this module.
+Above the readers (``tljax.pretrained`` for tljax runs, ``tljax.hf`` for Hugging Face folders,
+``tljax.gguf_import`` for GGUF files): they do not import this module.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from tljax import hf
+from tljax import gguf_import, hf
 from tljax.pretrained import Pretrained, PretrainedError, load_run
 
 
 def _load(path: str, with_weights: bool = True) -> Pretrained:
+    if path.startswith("hf:") and path[3:] in gguf_import.ALIASES:  # hf:smollm2, published offline as a GGUF
+        return gguf_import.load_gguf(path[3:], with_weights=with_weights)
     if path.startswith("hf:"):
         return hf.load_hf(path, with_weights=with_weights)
+    if path.startswith("gguf:"):
+        return gguf_import.load_gguf(path, with_weights=with_weights)
     try:
         return load_run(path, with_weights=with_weights)
     except PretrainedError as e:

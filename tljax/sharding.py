@@ -22,6 +22,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),
     ("vocab", "tensor"),
     ("heads", "tensor"),
+    ("kv_heads", "tensor"),  # key/value heads of grouped-query attention (Llama)
     ("mlp", "tensor"),
     ("embed", "fsdp"),
     ("kv", None),

@@ -7,6 +7,7 @@ Shapes use B = batch, T = sequence length, H = hidden size, N = heads, D = head 
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Callable
 
 import jax
@@ -25,6 +26,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": gelu_exact,
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,
+    "silu": jax.nn.silu,  # Llama's SwiGLU gate
 }
 
 
@@ -32,11 +34,42 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
+# rope_type -> the keys its Hugging Face ``rope_scaling`` dict must hold (besides rope_type).
+ROPE_SCALING_KEYS = {"linear": ("factor",), "dynamic": ("factor",),
+                     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+                     "yarn": ("factor", "original_max_position_embeddings")}
+
+
+def parse_rope_scaling(text: str) -> dict | None:
+    """``model.rope_scaling`` (a JSON object as text, "" = none) -> the dict, or None. Raises ValueError
+    naming the problem for an unknown rope_type or a missing key."""
+    if not text:
+        return None
+    try:
+        scaling = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"model.rope_scaling={text!r} is not JSON ({e}); give e.g. "
+                         f"'{{\"rope_type\": \"linear\", \"factor\": 2.0}}' or '' for none") from None
+    if not isinstance(scaling, dict):
+        raise ValueError(f"model.rope_scaling={text!r} must be a JSON object")
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type == "default":
+        return None
+    if rope_type not in ROPE_SCALING_KEYS:
+        raise ValueError(f"model.rope_scaling rope_type={rope_type!r} is not supported; use one of "
+                         f"{', '.join(ROPE_SCALING_KEYS)} (or '' for none)")
+    missing = [k for k in ROPE_SCALING_KEYS[rope_type] if scaling.get(k) is None]
+    if missing:
+        raise ValueError(f"model.rope_scaling of rope_type {rope_type!r} lacks {missing}")
+    return dict(scaling, rope_type=rope_type)
+
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
     """Architecture hyper-parameters; one instance describes a BERT or a GPT model."""
 
-    kind: str = "bert"  # "bert" (post-LN encoder) or "gpt" (pre-LN causal decoder)
+    kind: str = "bert"  # "bert" (post-LN encoder), "gpt" (pre-LN causal decoder) or "llama" (tljax.models.llama)
     vocab_size: int = 8192
     hidden_size: int = 128
     num_layers: int = 2
@@ -47,7 +80,7 @@ class TransformerConfig:
     dropout: float = 0.1
     attention_dropout: float = 0.1
     activation: str = "gelu"
-    layer_norm_eps: float = 1e-12
+    layer_norm_eps: float = 1e-12  # LayerNorm epsilon; RMSNorm's for llama
     init_std: float = 0.02
     use_pooler: bool = True
     dtype: str = "float32"  # compute dtype; parameters stay float32
@@ -56,10 +89,29 @@ class TransformerConfig:
     # One nn.scan over stacked layer parameters (encoder/layers/..., leading axis L) instead of
     # layer_0 … layer_{L-1}: the compiled step holds one layer body, so deep models compile faster.
     scan_layers: bool = False
+    # Llama only: key/value heads of grouped-query attention (0 = num_heads), rotary base, Hugging
+    # Face-style rope scaling as a JSON object ("" = none, e.g. '{"rope_type": "linear", "factor": 2.0}'),
+    # and whether the LM head is the word embeddings (False: a separate lm_head/kernel [H, V]).
+    num_kv_heads: int = 0
+    rope_theta: float = 10000.0
+    rope_scaling: str = ""
+    tie_embeddings: bool = True
 
     def __post_init__(self):
-        if self.kind not in ("bert", "gpt"):
-            raise ValueError(f"model.kind={self.kind!r} is not supported; use 'bert' or 'gpt'")
+        if self.kind not in ("bert", "gpt", "llama"):
+            raise ValueError(f"model.kind={self.kind!r} is not supported; use 'bert', 'gpt' or 'llama'")
+        if self.kind != "llama":
+            if self.num_kv_heads not in (0, self.num_heads) or not self.tie_embeddings or self.rope_scaling:
+                raise ValueError(f"model.num_kv_heads, model.tie_embeddings=False and model.rope_scaling are "
+                                 f"llama settings; model.kind={self.kind!r} has none of them")
+        elif self.num_kv_heads < 0 or self.num_heads % self.kv_heads:
+            raise ValueError(f"model.num_heads={self.num_heads} is not a multiple of model.num_kv_heads="
+                             f"{self.num_kv_heads}; grouped-query attention shares each key/value head "
+                             f"among num_heads / num_kv_heads query heads")
+        elif self.head_dim % 2:
+            raise ValueError(f"rotary positions need an even head size; hidden_size / num_heads = {self.head_dim}")
+        else:
+            parse_rope_scaling(self.rope_scaling)
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}")
@@ -73,6 +125,11 @@ class TransformerConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads K (= num_heads except in grouped-query attention)."""
+        return self.num_kv_heads or self.num_heads
 
     @property
     def compute_dtype(self):

@@ -19,6 +19,7 @@ import numpy as np
 import flax.linen as nn
 
 from tljax.models.layers import TransformerConfig, TransformerLayer, remat_layer
+from tljax.models.llama import LlamaLayer
 
 BACKBONES = ("encoder", "decoder")
 _LAYER = re.compile(r"layer_(\d+)$")
@@ -31,11 +32,19 @@ class ScanStep(TransformerLayer):
         return super().__call__(x, mask, deterministic), None
 
 
+class LlamaScanStep(LlamaLayer):
+    """LlamaLayer in ``nn.scan``'s body form: (x [B, T, H], mask, deterministic, rotary) -> (x, None)."""
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool, rotary):
+        return super().__call__(x, mask, deterministic, rotary), None
+
+
 def scanned_layers(cfg: TransformerConfig) -> type[nn.Module]:
-    """The module class of the whole stack: ``(x [B, T, H], mask, deterministic) -> (x, None)``, with
-    stacked parameters and a fresh init / dropout key per layer."""
-    return nn.scan(remat_layer(cfg, ScanStep), variable_axes={"params": 0},
-                   split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast, nn.broadcast),
+    """The module class of the whole stack: ``(x [B, T, H], mask, deterministic[, rotary]) -> (x, None)``
+    (rotary (cos, sin) for llama), with stacked parameters and a fresh init / dropout key per layer."""
+    llama = cfg.kind == "llama"
+    return nn.scan(remat_layer(cfg, LlamaScanStep if llama else ScanStep), variable_axes={"params": 0},
+                   split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * (3 if llama else 2),
                    length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
 
 

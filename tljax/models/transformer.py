@@ -1,4 +1,4 @@
-"""The BERT-style encoder and the GPT-style decoder, with their language-model heads.
+"""The BERT-style encoder and the GPT- and Llama-style decoders, with their language-model heads.
 
 Layers are separate submodules ``layer_0 … layer_{L-1}`` so that parameter paths name each layer
 (``encoder/layer_3/attention/query/kernel``): freezing, layer-wise learning rates and partial restores
@@ -12,13 +12,15 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from tljax.models.layers import (Dropout, TransformerConfig, layer_norm, normal_init, padding_mask,
-                                 remat_layer, zeros_init, ACTIVATIONS)
+from tljax.models.layers import (Dropout, TransformerConfig, TransformerLayer, layer_norm, normal_init,
+                                 padding_mask, remat_layer, zeros_init, ACTIVATIONS)
+from tljax.models.llama import LlamaLayer, RMSNorm, positions_from_mask, rotary_tables
 from tljax.models.scan import scanned_layers
 
 
 class Embeddings(nn.Module):
-    """Token + learned position (+ segment for BERT) embeddings. ids [B, T] -> [B, T, H]."""
+    """Token + learned position (+ segment for BERT; Llama: token only, positions are rotary)
+    embeddings. ids [B, T] -> [B, T, H]."""
 
     cfg: TransformerConfig
 
@@ -26,8 +28,9 @@ class Embeddings(nn.Module):
         cfg = self.cfg
         self.word_embeddings = nn.Embed(cfg.vocab_size, cfg.hidden_size, param_dtype=jnp.float32,
                                         embedding_init=normal_init(cfg.init_std, ("vocab", "embed")))
-        self.position_embeddings = nn.Embed(cfg.max_len, cfg.hidden_size, param_dtype=jnp.float32,
-                                            embedding_init=normal_init(cfg.init_std, ("pos", "embed")))
+        if cfg.kind != "llama":
+            self.position_embeddings = nn.Embed(cfg.max_len, cfg.hidden_size, param_dtype=jnp.float32,
+                                                embedding_init=normal_init(cfg.init_std, ("pos", "embed")))
         if cfg.kind == "bert":
             self.token_type_embeddings = nn.Embed(
                 cfg.type_vocab_size, cfg.hidden_size, param_dtype=jnp.float32,
@@ -37,9 +40,11 @@ class Embeddings(nn.Module):
 
     def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
         cfg = self.cfg
-        if input_ids.shape[1] > cfg.max_len:
+        if input_ids.shape[1] > cfg.max_len and '"dynamic"' not in cfg.rope_scaling:  # dynamic rope extends it
             raise ValueError(f"sequence length {input_ids.shape[1]} exceeds model.max_len={cfg.max_len}")
-        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+        x = self.word_embeddings(input_ids)
+        if cfg.kind != "llama":
+            x = x + self.position_embeddings(position_ids)
         if cfg.kind == "bert":
             x = self.ln(x + self.token_type_embeddings(token_type_ids))
         return self.dropout(x, deterministic).astype(cfg.compute_dtype)
@@ -51,7 +56,10 @@ class Embeddings(nn.Module):
 
 class Transformer(nn.Module):
     """Embeddings and the stack of layers. Returns hidden states [B, T, H] after the last layer
-    (and, for GPT, after the final LayerNorm)."""
+    (and, for GPT / Llama, after the final LayerNorm / RMSNorm).
+
+    Llama numbers positions from ``attention_mask`` (its real tokens 0, 1, …), so a left-padded row
+    computes what the unpadded one does; ``position_ids`` [B, T] overrides that."""
 
     cfg: TransformerConfig
 
@@ -61,25 +69,32 @@ class Transformer(nn.Module):
         if cfg.scan_layers:
             self.layers = scanned_layers(cfg)(cfg, name="layers")
         else:
-            layer_cls = remat_layer(cfg)
+            layer_cls = remat_layer(cfg, LlamaLayer if cfg.kind == "llama" else TransformerLayer)
             self.layers = [layer_cls(cfg, name=f"layer_{i}") for i in range(cfg.num_layers)]
         if cfg.kind == "gpt":
             self.ln_f = layer_norm(cfg, "ln_f")
+        elif cfg.kind == "llama":
+            self.ln_f = RMSNorm(cfg, name="ln_f")
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                  deterministic: bool = True):
+        llama = self.cfg.kind == "llama"
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         if position_ids is None:
-            position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+            if llama and attention_mask is not None:
+                position_ids = positions_from_mask(attention_mask)
+            else:
+                position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
         mask = padding_mask(attention_mask)
+        extra = (rotary_tables(self.cfg, position_ids),) if llama else ()
         if self.cfg.scan_layers:
-            x, _ = self.layers(x, mask, deterministic)
+            x, _ = self.layers(x, mask, deterministic, *extra)
         else:
             for layer in self.layers:
-                x = layer(x, mask, deterministic)
-        if self.cfg.kind == "gpt":
+                x = layer(x, mask, deterministic, *extra)
+        if self.cfg.kind != "bert":
             x = self.ln_f(x)
         return x
 
@@ -112,7 +127,8 @@ class MlmHead(nn.Module):
 
 
 class LanguageModel(nn.Module):
-    """Backbone + tied LM head: the model that pretraining trains.
+    """Backbone + LM head (tied to the word embeddings; a Llama with ``tie_embeddings=False`` has its own
+    ``lm_head/kernel`` [H, V]): the model that pretraining trains.
 
     ``__call__`` returns logits float32: [B, T, V], or [B, P, V] when ``positions`` [B, P] is given (the
     vocabulary projection then runs only at those positions, as in the original BERT).
@@ -130,6 +146,9 @@ class LanguageModel(nn.Module):
             self.mlm_bias = self.param("mlm_bias", zeros_init(("vocab",)), (cfg.vocab_size,), jnp.float32)
             if cfg.use_pooler:
                 self.pooler = Pooler(cfg)
+        if not cfg.tie_embeddings:
+            self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32,
+                                    kernel_init=normal_init(cfg.init_std, ("embed", "vocab")))
 
     def encode(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True):
         return self.backbone(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
@@ -138,6 +157,8 @@ class LanguageModel(nn.Module):
         """hidden [..., H] -> vocabulary logits [..., V] through the (tied) LM head."""
         if self.cfg.kind == "bert":
             return self.backbone.embeddings.attend(self.mlm_head(hidden)) + self.mlm_bias
+        if not self.cfg.tie_embeddings:
+            return self.lm_head(hidden.astype(jnp.float32))
         return self.backbone.embeddings.attend(hidden)
 
     def pool(self, hidden: jax.Array) -> jax.Array:
