@@ -60,6 +60,8 @@ def finetune_config() -> ml_collections.ConfigDict:
     c.pooling = "auto"  # auto (bert: mean over tokens; gpt: last token) | cls ([CLS] + pooler) | mean | last
     c.head_dropout = 0.1
     c.seed = 0
+    # Leave the selected classifier in workdir/model/ (tljax.classifier: predict, evaluate, convert).
+    c.save_model = True
     c.probe = ml_collections.ConfigDict(dict(kind="logreg", c_grid=(0.01, 0.1, 1.0, 10.0), mlp_hidden=256))
 
     c.data = ml_collections.ConfigDict(dict(

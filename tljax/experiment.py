@@ -171,6 +171,8 @@ def cell_config(config, cell: Cell, starts: dict, num_all: int) -> ml_collection
     method = METHODS[cell.method]
     c = ml_collections.ConfigDict(config.finetune.to_dict())
     c.strategy, c.seed, c.layer_lr_decay = method.strategy, cell.seed, method.layer_lr_decay
+    # A cell's model/ costs disk (MiniLM: ~90 MB per cell); kept only where the user asks.
+    c.save_model = bool(config.get("keep_models", False))
     c.data.num_labeled = cell.budget
     if method.start == "scratch":
         c.init_from, c.model_like = "none", starts["tljax"]["init_from"]
@@ -182,6 +184,10 @@ def cell_config(config, cell: Cell, starts: dict, num_all: int) -> ml_collection
     c.train.steps = int(min(c.train.steps, max(2 * c.train.eval_every, by_epochs)))
     c.train.warmup_steps = int(min(c.train.warmup_steps, c.train.steps // 10))
     return c
+
+
+# Cell settings that change no result: a finished cell is reused whatever they are now.
+NOT_RESULTS = ("save_model",)
 
 
 def _read_summary(cell_dir: Path) -> dict | None:
@@ -196,7 +202,7 @@ def _differences(cell_dir: Path, cfg) -> list[str]:
     saved = dict(config_lib.flatten(json.loads((cell_dir / "config.json").read_text())))
     current = dict(config_lib.flatten(config_lib.to_dict(cfg)))
     return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(saved) | set(current))
-            if saved.get(k) != current.get(k)]
+            if saved.get(k) != current.get(k) and k not in NOT_RESULTS]
 
 
 def _row(cell: Cell, summary: dict, steps: int) -> dict:

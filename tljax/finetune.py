@@ -209,7 +209,7 @@ def fit_probe(cfg, features: dict, labels: dict, seed: int) -> dict:
                     (getattr(est[1], "coef_", None), getattr(est[1], "intercept_", None),
                      *getattr(est[1], "coefs_", []), *getattr(est[1], "intercepts_", [])) if a is not None)
     return {"test_predictions": model.predict(features["test"]), "validation_curve": curve, "best_C": c,
-            "probe_parameters": trainable}
+            "probe_parameters": trainable, "probe": model}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -350,20 +350,26 @@ def run(config, workdir: str | Path, feature_cache: bool = True) -> dict:
             summary.update(_run_gradient(config, model, start_params, pre, encoded, y, num_classes, workdir))
 
     summary["test_macro_f1"] = macro_f1(y["test"], summary.pop("test_predictions"), num_classes)
+    deploy = summary.pop("deploy")
     summary["wall_seconds"] = time.time() - t_start
     if is_lead_process():
+        # predictions.csv and (config.save_model) model/ before summary.json, which marks a finished run
+        from tljax import classifier
+        classifier.save_run_outputs(workdir, config, data, pre, summary["pooling"], deploy)
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"test accuracy {summary['test_accuracy']:.4f}, macro-F1 {summary['test_macro_f1']:.4f} "
         f"({config.strategy}, {summary['num_labeled']} labels, {summary['wall_seconds']:.0f}s)")
     return summary
 
 
-def _probe_summary(probe: dict, y, frozen_params: int) -> dict:
+def _probe_summary(probe: dict, y, frozen_params: int, deploy: dict) -> dict:
+    """deploy: what tljax.classifier saves besides the probe ("kind", "test_features", …)."""
     preds = probe["test_predictions"]
     return {"test_accuracy": float((preds == y["test"]).mean()), "test_predictions": preds,
             "validation_curve": probe["validation_curve"], "best_C": probe["best_C"],
             "trainable_params": probe["probe_parameters"], "frozen_params": frozen_params,
-            "optimizer_state_bytes": 0, "forgetting": None}
+            "optimizer_state_bytes": 0, "forgetting": None,
+            "deploy": dict(deploy, probe=probe["probe"], test_ids=preds)}
 
 
 def _run_word_vectors(config, data, y) -> dict:
@@ -372,7 +378,8 @@ def _run_word_vectors(config, data, y) -> dict:
     vectors = word2vec.load(config.init_from[4:] if config.init_from.startswith("w2v:") else config.init_from)
     feats = {name: word2vec.text_features(vectors, getattr(data, name).texts)
              for name in ("train", "validation", "test")}
-    return _probe_summary(fit_probe(config, feats, y, config.seed), y, int(vectors.vectors.size))
+    return _probe_summary(fit_probe(config, feats, y, config.seed), y, int(vectors.vectors.size),
+                          {"kind": "word_vectors", "word_vectors": vectors, "test_features": feats["test"]})
 
 
 def _run_features(config, model, params, pre: Pretrained, data, encoded, y, use_cache: bool) -> dict:
@@ -387,7 +394,8 @@ def _run_features(config, model, params, pre: Pretrained, data, encoded, y, use_
                        else encode(np.arange(len(ids))))
     log(f"features {feats['train'].shape[1]}-d for {sum(len(f) for f in feats.values())} texts in {time.time() - t0:.1f}s")
     probe = fit_probe(config, feats, y, config.seed)
-    return dict(_probe_summary(probe, y, count_params(encoder)), feature_seconds=time.time() - t0)
+    deploy = {"kind": "probe", "params": encoder, "test_features": feats["test"], "batch_size": 128}
+    return dict(_probe_summary(probe, y, count_params(encoder), deploy), feature_seconds=time.time() - t0)
 
 
 def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, num_classes, workdir) -> dict:
@@ -460,7 +468,8 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, num_
     writer.close()
     compilations = step_fn._cache_size()
     best_acc, best_step, best_params = best
-    preds, _ = predict(logits_fn, jax.device_put(best_params, sharding.params), *encoded["test"], y["test"], B * 4, put)
+    test_logits = batched_apply(logits_fn, jax.device_put(best_params, sharding.params), *encoded["test"], B * 4, put)
+    preds = test_logits.argmax(-1)  # the test set is never empty (read_labeled refuses empty files)
     forgetting = None
     if before is not None:
         after = measure_forgetting(with_backbone(pre.params, best_params))
@@ -469,4 +478,6 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, num_
     return {"test_accuracy": float((preds == y["test"]).mean()), "test_predictions": preds,
             "validation_curve": curve, "best_step": best_step, "best_validation_accuracy": best_acc,
             "trainable_params": trainable, "frozen_params": frozen, "optimizer_state_bytes": opt_bytes,
-            "train_step_compilations": compilations, "forgetting": forgetting, "memory": step_memory}
+            "train_step_compilations": compilations, "forgetting": forgetting, "memory": step_memory,
+            "deploy": {"kind": "finetuned", "params": best_params, "test_ids": preds, "batch_size": B * 4,
+                       "test_logits": test_logits}}
