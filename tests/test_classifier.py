@@ -6,6 +6,7 @@ import io
 import json
 import sys
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -41,7 +42,7 @@ def pretrained_run(text_corpus, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TLJAX_DATA_DIR", str(tmp_path_factory.mktemp("cache")))
         mp.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
-        pretrain.run(tiny_pretrain_config("mlm", "bert", text_corpus, steps=20), workdir)
+        pretrain.run(tiny_pretrain_config("mlm", "bert", text_corpus, steps=6), workdir)
     return workdir
 
 
@@ -306,19 +307,23 @@ def test_bert_run_exports_to_bert_for_sequence_classification(full_run, task, tm
     _parity(tljax.load_classifier(workdir), tmp_path / "hf", texts[:12] + [long_text])
 
 
-def _random_classifier(tmp_path, kind, num_classes, pooling, tokenizer, max_len=24, seed=0):
-    """A SequenceClassifier with random parameters everywhere (head bias too), saved as model/."""
+def _random_classifier(tmp_path, kind, num_classes, pooling, tokenizer, max_len=24, seed=0, probe=None):
+    """A SequenceClassifier with random parameters everywhere (head bias too), saved as model/; with
+    ``probe`` (a fitted scikit-learn pipeline on 24-d features), its encoder + that probe."""
     cfg = TransformerConfig(kind=kind, vocab_size=len(tokenizer) + 7, hidden_size=24, num_layers=2, num_heads=3,
                             mlp_dim=40, max_len=max_len, activation="gelu" if kind == "bert" else "gelu_new",
                             layer_norm_eps=1e-12 if kind == "bert" else 1e-5, use_pooler=kind == "bert")
     model = SequenceClassifier(cfg, num_classes, pooling=pooling)
     ids = np.ones((1, 4), np.int32)
-    params = jax.tree.map(np.asarray, jax.jit(model.init)(jax.random.key(seed), ids, ids)["params"])
+    params = jax.tree.map(np.asarray, nn.meta.unbox(jax.jit(model.init)(jax.random.key(seed), ids, ids)["params"]))
     rng = np.random.default_rng(seed)
     params = jax.tree.map(lambda p: (p + rng.normal(size=p.shape) * 0.3).astype(np.float32), params)
-    return classifier.save_model(tmp_path / "run", kind="finetuned", label_names=[f"c{i}" for i in range(num_classes)],
-                                 max_len=max_len, pooling=pooling, batch_size=16, model_config=cfg, params=params,
-                                 tokenizer=tokenizer, source={"head_dropout": 0.1})
+    if probe is not None:
+        params = {k: v for k, v in params.items() if k != "classifier"}
+    return classifier.save_model(tmp_path / "run", kind="probe" if probe is not None else "finetuned",
+                                 label_names=[f"c{i}" for i in range(num_classes)], max_len=max_len,
+                                 pooling=pooling, batch_size=16, model_config=cfg, params=params,
+                                 tokenizer=tokenizer, probe=probe, source={"head_dropout": 0.1})
 
 
 TEXTS = ["the cat sat on the mat", "a dog ran off", "the hat", "and the dog sat on the cat and the mat",
@@ -354,10 +359,14 @@ def test_bert_three_classes_and_what_cannot_be_exported(tmp_path):
 
 def test_features_run_is_not_exported(tmp_path, capsys):
     """A probe classifier is refused with a one-line error naming the fix (CLI: exit 2)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
     tokenizer = tok_lib.train_byte_bpe(["the cat sat on the mat"] * 5, 270)
-    path = _random_classifier(tmp_path, "gpt", 2, "last", tokenizer)
-    meta = json.loads((path / "classifier.json").read_text())
-    (path / "classifier.json").write_text(json.dumps(dict(meta, kind="probe")))
+    rng = np.random.default_rng(0)
+    probe = make_pipeline(StandardScaler(), LogisticRegression()).fit(rng.normal(size=(20, 24)), np.arange(20) % 2)
+    _random_classifier(tmp_path, "gpt", 2, "last", tokenizer, probe=probe)
+    assert tljax.load_classifier(tmp_path / "run").predict(["the cat"])[0] in ("c0", "c1")
     with pytest.raises(SystemExit) as e:
         cli_main(["convert", "--from", str(tmp_path / "run"), "--to", f"hf:{tmp_path / 'hf'}"])
     err = capsys.readouterr().err
