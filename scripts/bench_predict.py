@@ -17,7 +17,9 @@ The texts: the first ``--texts`` review snippets of the Rotten Tomatoes test + v
   input order, each padded to its longest row.
 - One process, one warm-up call each (tljax's compiles its buckets then; that time is reported apart), then
   ``--rounds`` timed rounds alternating which goes first. texts/s per round; the ratio is the median of the
-  per-round ratios. Both results are checked to agree (labels, max probability difference).
+  per-round ratios. Both results are checked to agree (labels, max probability difference). The 1-minute
+  load average after each round is printed: on a shared machine, PyTorch suffers more from a busy core
+  than XLA does (docs/benchmarks.md), so a loaded machine inflates the ratio.
 """
 from __future__ import annotations
 
@@ -29,6 +31,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# PyTorch's MKL stays on its AVX2 path on AMD CPUs unless told (docs/benchmarks.md: twice the matmul rate on
+# this machine's Zen 5); set before torch loads, as scripts/bench_pretrain.py does.
+os.environ.setdefault("MKL_ENABLE_INSTRUCTIONS", "AVX512")
 
 
 def fine_tune(workdir: Path, steps: int) -> None:
@@ -90,7 +95,7 @@ def main(argv=None) -> int:
     agree = float((ours.argmax(1) == theirs.argmax(1)).mean())
     diff = float(np.abs(ours - theirs).max())
 
-    rates = {"tljax": [], "transformers": []}
+    rates, loads = {"tljax": [], "transformers": []}, []
     runs = {"tljax": run_tljax, "transformers": run_pipeline}
     for r in range(args.rounds):
         order = ["tljax", "transformers"] if r % 2 == 0 else ["transformers", "tljax"]
@@ -98,15 +103,17 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             runs[name]()
             rates[name].append(len(texts) / (time.perf_counter() - t0))
+        loads.append(os.getloadavg()[0])
         print(f"round {r + 1}: tljax {rates['tljax'][-1]:.0f} texts/s, transformers "
-              f"{rates['transformers'][-1]:.0f} texts/s", flush=True)
+              f"{rates['transformers'][-1]:.0f} texts/s, load average {loads[-1]:.1f} on {threads} CPUs", flush=True)
     ratios = [a / b for a, b in zip(rates["tljax"], rates["transformers"])]
     result = {"texts": len(texts), "rounds": args.rounds, "pipeline_batch_size": args.batch_size,
               "tljax_batch_size": clf.batch_size, "max_len": clf.max_len, "torch_threads": threads,
               "tljax_texts_per_s": statistics.median(rates["tljax"]),
               "transformers_texts_per_s": statistics.median(rates["transformers"]),
               "ratio_median": statistics.median(ratios), "ratios": ratios,
-              "tljax_first_call_s": cold, "label_agreement": agree, "max_prob_diff": diff,
+              "tljax_first_call_s": cold, "load_average": loads,
+              "mkl_enable_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS"), "label_agreement": agree, "max_prob_diff": diff,
               "jax": __import__("jax").__version__, "torch": torch.__version__,
               "transformers": transformers.__version__}
     print(f"\n{len(texts)} Rotten Tomatoes snippets, MiniLM classifier (max_len {clf.max_len}), "

@@ -227,7 +227,8 @@ def test_predict_cli_csv_jsonl_and_stdin(full_run, task, tmp_path, capsys, monke
 
 
 @pytest.mark.parametrize("case,message", [
-    ("missing_column", "has no column 'text'"),
+    ("missing_column", "has no column 'text' (columns: sentence, label); set --text_field"),
+    ("evaluate_missing_label", "has no column 'label' (columns: text); set --label_field"),
     ("not_utf8", "is not UTF-8"),
     ("empty_file", "is empty"),
     ("header_only", "holds no examples"),
@@ -261,6 +262,9 @@ def test_bad_input_is_one_line_exit_2(case, message, full_run, pretrained_run, t
         extra = ["--output", str(tmp_path / "out.txt")]
     elif case == "stdin_not_utf8":
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9\n")))
+    elif case == "evaluate_missing_label":
+        source.write_text("text\nhello\n")
+        command = "evaluate"
     elif case == "unknown_label":
         source.write_text("text,label\nhello,meh\n")
         command = "evaluate"

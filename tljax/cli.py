@@ -245,7 +245,8 @@ def cmd_evaluate(argv):
     from tljax.utils import write_json
     try:
         clf = classifier.load_classifier(flags["model"])
-        texts, raw = labeled.read_labeled(flags["data"], flags["text_field"], flags["label_field"])
+        texts, raw = labeled.read_labeled(flags["data"], flags["text_field"], flags["label_field"],
+                                          settings=("--text_field", "--label_field"))
         labels = labeled._to_ids([labeled._canonical(x) for x in raw], clf.label_names, flags["data"],
                                  "evaluation")
         predicted, _ = clf.predict_ids(texts, progress=len(texts) >= 1000 and sys.stderr.isatty())

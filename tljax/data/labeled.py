@@ -90,14 +90,15 @@ class LabeledData:
 # --- reading -------------------------------------------------------------------------------------
 
 
-def read_labeled(spec: str, text_field: str = "text", label_field: str = "label") -> tuple[list[str], list]:
+def read_labeled(spec: str, text_field: str = "text", label_field: str = "label",
+                 settings=_DATA_SETTINGS) -> tuple[list[str], list]:
     """Read the (text, raw label) pairs of a labeled spec, in file order.
 
     spec: ``'csv:PATH' | 'jsonl:PATH' | 'tfds:name/config:split' | 'builtin:rotten_tomatoes/<split>'``.
     Returns ``(texts, labels)``: two lists of equal length N; texts are non-empty strings, labels are
     the values as stored (str for CSV and the builtin set, str/int for JSONL, int for TFDS class labels).
     Raises :class:`SourceError` for a missing file or field, an empty text, a non-UTF-8 file,
-    or an unknown spec kind.
+    or an unknown spec kind. ``settings``: the (text, label) setting names a missing-field error suggests.
     """
     kind, sep, args = str(spec).partition(":")
     if not sep:
@@ -109,11 +110,11 @@ def read_labeled(spec: str, text_field: str = "text", label_field: str = "label"
     text_field = text_field or "text"
     label_field = label_field or "label"
     if kind == "csv":
-        return _read_files(args, spec, _read_csv, text_field, label_field)
+        return _read_files(args, spec, _read_csv, text_field, label_field, settings)
     if kind == "jsonl":
-        return _read_files(args, spec, _read_jsonl, text_field, label_field)
+        return _read_files(args, spec, _read_jsonl, text_field, label_field, settings)
     if kind == "tfds":
-        return _read_tfds(args, spec, text_field, label_field)
+        return _read_tfds(args, spec, text_field, label_field, settings)
     return _read_builtin(args, spec)
 
 
