@@ -199,6 +199,14 @@ PREDICT_USAGE = ("tljax predict --model RUN --input csv:F.csv|jsonl:F.jsonl|- [-
                  "[--text_field text]")
 
 
+def _persistent_compilation_cache() -> None:
+    """Keep predict's / evaluate's compiled length buckets on disk: a later invocation skips compiling."""
+    import jax
+    from tljax.utils import cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def _read_stdin_texts() -> list[str]:
     from tljax.data.sources import SourceError
     try:
@@ -220,6 +228,7 @@ def cmd_predict(argv):
         fail(f"--output {output!r} must end in .csv or .jsonl (or leave it out for CSV on stdout)")
     from tljax import classifier
     from tljax.data import labeled
+    _persistent_compilation_cache()
     try:
         clf = classifier.load_classifier(flags["model"])
         texts = (_read_stdin_texts() if flags["input"] == "-"
@@ -243,6 +252,7 @@ def cmd_evaluate(argv):
     from tljax import classifier
     from tljax.data import labeled
     from tljax.utils import write_json
+    _persistent_compilation_cache()
     try:
         clf = classifier.load_classifier(flags["model"])
         texts, raw = labeled.read_labeled(flags["data"], flags["text_field"], flags["label_field"],
