@@ -123,14 +123,21 @@ def _assert_round_trip(workdir, summary, task):
 # ----------------------------------------------------------------------------------------------------
 # Saved -> loaded -> the run's own predictions
 # ----------------------------------------------------------------------------------------------------
-def test_full_run_round_trip(full_run, task):
+def test_full_run_round_trip(full_run, pretrained_run, task):
+    from tljax.data import labeled
     workdir, summary = full_run
     clf = _assert_round_trip(workdir, summary, task)
     assert clf.kind == "finetuned" and clf.pooling == "cls" and clf.max_len == 16
-    # The saved parameters are the best-validation ones: the classifier's validation accuracy is the
-    # one the run selected on.
+    # The saved parameters are the best-validation ones: on the run's validation split the classifier
+    # scores the accuracy the run selected its step by.
+    validation = labeled.load_labeled(ft_config(pretrained_run, task, "full").data, 0).validation
+    predicted = np.asarray(clf.predict(validation.texts))
+    names = np.asarray(clf.label_names)
+    assert np.mean(predicted == names[validation.labels]) == summary["best_validation_accuracy"]
     meta = json.loads((workdir / "model" / "classifier.json").read_text())
     assert meta["source"]["strategy"] == "full" and meta["batch_size"] == 8 * 4
+    with pytest.raises(TypeError, match="list of texts"):
+        clf.predict("great film")
 
 
 @pytest.mark.parametrize("probe", ["logreg", "mlp"])
@@ -153,11 +160,15 @@ def test_word_vectors_run_round_trip(task, tmp_path, tmp_path_factory):
     assert clf.kind == "word_vectors" and clf.word_vectors.vectors.shape == (len(words), 8)
 
 
-def test_save_model_off_writes_predictions_only(pretrained_run, task, tmp_path_factory):
+def test_save_model_off_writes_predictions_only(pretrained_run, task, tmp_path_factory, capsys):
     workdir, _ = _run(tmp_path_factory, "nomodel", ft_config(pretrained_run, task, "features", save_model=False))
     assert (workdir / "predictions.csv").exists() and not (workdir / "model").exists()
     with pytest.raises(classifier.ClassifierError, match="save_model=False"):
         tljax.load_classifier(workdir)
+    with pytest.raises(SystemExit) as e:  # convert names the same reason
+        cli_main(["convert", "--from", str(workdir), "--to", f"hf:{workdir / 'hf'}"])
+    assert e.value.code == 2 and "save_model=False" in capsys.readouterr().err
+
 
 
 @pytest.mark.parametrize("kind,classes", [("logreg", 2), ("logreg", 3), ("mlp", 2), ("mlp", 3)])
@@ -236,6 +247,7 @@ def test_predict_cli_csv_jsonl_and_stdin(full_run, task, tmp_path, capsys, monke
     ("no_such_model", "does not exist"),
     ("no_such_input", "does not exist"),
     ("bad_output", "must end in .csv or .jsonl"),
+    ("no_output_folder", "does not exist; create it first"),
     ("stdin_not_utf8", "stdin is not UTF-8"),
     ("unknown_label", "label 'meh'"),
 ])
@@ -260,6 +272,9 @@ def test_bad_input_is_one_line_exit_2(case, message, full_run, pretrained_run, t
     elif case == "bad_output":
         source.write_text("text\nhello\n")
         extra = ["--output", str(tmp_path / "out.txt")]
+    elif case == "no_output_folder":
+        source.write_text("text\nhello\n")
+        extra = ["--output", str(tmp_path / "missing" / "out.csv")]
     elif case == "stdin_not_utf8":
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9\n")))
     elif case == "evaluate_missing_label":

@@ -329,6 +329,8 @@ class Classifier:
 
         Texts are tokenized (truncated to ``max_len``) and run in batches sorted by length, CHUNK texts at a
         time; ``progress``: a tqdm bar over texts."""
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("give a list of texts (a single string would be classified character by character)")
         texts = [str(t) for t in texts]
         top = np.zeros((len(texts),), np.int64)
         proba = np.zeros((len(texts), self.num_classes), np.float64)

@@ -226,6 +226,9 @@ def cmd_predict(argv):
     fmt = "jsonl" if output.endswith(".jsonl") else "csv"
     if output and not output.endswith((".csv", ".jsonl")):
         fail(f"--output {output!r} must end in .csv or .jsonl (or leave it out for CSV on stdout)")
+    from pathlib import Path
+    if output and not Path(output).expanduser().absolute().parent.is_dir():
+        fail(f"--output {output!r}: folder {Path(output).parent} does not exist; create it first")
     from tljax import classifier
     from tljax.data import labeled
     _persistent_compilation_cache()

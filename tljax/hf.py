@@ -603,9 +603,15 @@ def write_run(source, workdir: str | Path) -> Path:
 # Fine-tuned classifiers out: BertForSequenceClassification / GPT2ForSequenceClassification
 # ----------------------------------------------------------------------------------------------------
 def is_classifier_run(path) -> bool:
-    """True for a ``tljax finetune`` workdir (or its ``model/`` folder) holding a saved classifier."""
+    """True for a ``tljax finetune`` workdir (or its ``model/`` folder): its export is a sequence classifier
+    (and a workdir without model/ gets load_classifier's error naming why)."""
     path = Path(str(path)).expanduser()
-    return (path / "model" / "classifier.json").is_file() or (path / "classifier.json").is_file()
+    if (path / "model" / "classifier.json").is_file() or (path / "classifier.json").is_file():
+        return True
+    try:
+        return "strategy" in json.loads((path / "summary.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _exportable(clf) -> None:
