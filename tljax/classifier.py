@@ -272,7 +272,11 @@ class Classifier:
         self.folder, self.meta = folder, meta
         self.kind, self.label_names = meta["kind"], list(meta["label_names"])
         self.max_len, self.pooling, self.batch_size = meta["max_len"], meta["pooling"], meta["batch_size"]
-        self.config = TransformerConfig(**meta["model"]) if meta.get("model") else None
+        try:
+            self.config = TransformerConfig(**meta["model"]) if meta.get("model") else None
+        except (TypeError, ValueError) as e:  # a field this tljax does not know, or a bad value
+            raise ClassifierError(f"{folder / 'classifier.json'} describes a model this tljax cannot build "
+                                  f"({e}); use the tljax version that saved it") from None
         self.tokenizer = self.params = self.probe = self.word_vectors = None
         if self.kind in ("finetuned", "probe"):
             from flax import traverse_util
