@@ -42,7 +42,7 @@ def pretrained_run(text_corpus, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TLJAX_DATA_DIR", str(tmp_path_factory.mktemp("cache")))
         mp.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
-        pretrain.run(tiny_pretrain_config("mlm", "bert", text_corpus, steps=6), workdir)
+        pretrain.run(tiny_pretrain_config("mlm", "bert", text_corpus, steps=20), workdir)
     return workdir
 
 
@@ -62,7 +62,7 @@ def ft_config(init_from, task, strategy, **kw):
     c.init_from, c.strategy = str(init_from), strategy
     c.data.update(name="", train=f"csv:{task}/train.csv", test=f"csv:{task}/test.csv", text_field="sentence",
                   label_field="sentiment", num_labeled=40, num_validation=30, max_len=16, batch_size=8)
-    c.train.update(steps=30, lr=3e-3, warmup_steps=3, eval_every=10, log_every=10)
+    c.train.update(steps=40, lr=3e-3, warmup_steps=4, eval_every=10, log_every=10)
     c.mesh.shape = (1, 1, 1)
     c.forgetting.enabled = False
     c.update(kw)
@@ -362,10 +362,7 @@ def test_gpt2_classifier_exports_to_gpt2_for_sequence_classification(tmp_path):
 
 
 def test_bert_three_classes_and_what_cannot_be_exported(tmp_path):
-    words = "the cat sat on mat a dog ran off hat and with".split()
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
-    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = transformers.BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
+    tokenizer = _bert_tokenizer(tmp_path)
     _random_classifier(tmp_path / "cls", "bert", 3, "cls", tokenizer)
     clf = tljax.load_classifier(tmp_path / "cls" / "run")
     _parity(clf, hf.export_classifier_hf(clf, tmp_path / "cls_hf"), TEXTS)
@@ -376,20 +373,38 @@ def test_bert_three_classes_and_what_cannot_be_exported(tmp_path):
     assert not (tmp_path / "mean_hf").exists()
 
 
-def test_features_run_is_not_exported(tmp_path, capsys):
-    """A probe classifier is refused with a one-line error naming the fix (CLI: exit 2)."""
+def _bert_tokenizer(folder):
+    words = "the cat sat on mat a dog ran off hat and with".split()
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
+    return transformers.BertTokenizerFast(vocab=str(folder / "vocab.txt"))
+
+
+@pytest.mark.parametrize("kind,classes", [("gpt", 2), ("bert", 3)])
+def test_logreg_probe_classifiers_export_with_the_probe_as_head(kind, classes, tmp_path, capsys):
+    """A features run's StandardScaler + logistic regression is one linear layer on the pooled features:
+    exported as the sequence-classification head (binary: softmax([0, s]) = the probe's sigmoid)."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    tokenizer = tok_lib.train_byte_bpe(["the cat sat on the mat"] * 5, 270)
-    rng = np.random.default_rng(0)
-    probe = make_pipeline(StandardScaler(), LogisticRegression()).fit(rng.normal(size=(20, 24)), np.arange(20) % 2)
-    _random_classifier(tmp_path, "gpt", 2, "last", tokenizer, probe=probe)
-    assert tljax.load_classifier(tmp_path / "run").predict(["the cat"])[0] in ("c0", "c1")
+    tokenizer = (tok_lib.train_byte_bpe(["the cat sat on the mat and the dog ran off with the hat"] * 20, 280)
+                 if kind == "gpt" else _bert_tokenizer(tmp_path))
+    rng = np.random.default_rng(classes)
+    x, y = rng.normal(size=(60, 24)) * rng.uniform(0.2, 2, 24), np.arange(60) % classes
+    logreg = make_pipeline(StandardScaler(), LogisticRegression(C=10.0)).fit(x, y)
+    _random_classifier(tmp_path / "logreg", kind, classes, "last" if kind == "gpt" else "cls", tokenizer, probe=logreg)
+    clf = tljax.load_classifier(tmp_path / "logreg" / "run")
+    assert clf.kind == "probe"
+    cli_main(["convert", "--from", str(tmp_path / "logreg" / "run"), "--to", f"hf:{tmp_path / 'hf'}"])
+    _parity(clf, tmp_path / "hf", TEXTS)
+    # An MLP probe is no linear head: refused in one line, naming what can be exported.
+    mlp = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(5,), max_iter=20)).fit(x, y)
+    _random_classifier(tmp_path / "mlp", kind, classes, "last" if kind == "gpt" else "cls", tokenizer, probe=mlp)
+    capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        cli_main(["convert", "--from", str(tmp_path / "run"), "--to", f"hf:{tmp_path / 'hf'}"])
+        cli_main(["convert", "--from", str(tmp_path / "mlp" / "run"), "--to", f"hf:{tmp_path / 'hf_mlp'}"])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "--config.strategy=full" in err and err.count("\n") == 1
+    assert e.value.code == 2 and "MLP probe" in err and "--config.strategy=full" in err and err.count("\n") == 1
 
 
 # ----------------------------------------------------------------------------------------------------

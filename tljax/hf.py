@@ -616,10 +616,14 @@ def is_classifier_run(path) -> bool:
 
 def _exportable(clf) -> None:
     """Raise HFError unless transformers' sequence-classification models compute exactly ``clf``."""
-    if clf.kind != "finetuned":
-        raise HFError(f"{clf.folder} holds a {clf.kind!r} classifier (frozen features + a scikit-learn-style "
-                      f"probe), which no transformers model expresses; fine-tune with --config.strategy=full "
-                      f"(or light/progressive) to export, or serve it with tljax predict")
+    if clf.kind == "word_vectors" or (clf.kind == "probe" and clf.meta["probe"]["kind"] != "logreg"):
+        what = "mean word vectors + a probe" if clf.kind == "word_vectors" else "frozen features + an MLP probe"
+        raise HFError(f"{clf.folder} holds a classifier of {what}, which no transformers model expresses; "
+                      f"fine-tune with --config.strategy=full (or light/progressive; or features with the "
+                      f"logreg probe) to export, or serve it with tljax predict")
+    if clf.kind == "probe" and len(clf.probe["classes"]) != clf.num_classes:
+        raise HFError(f"{clf.folder}: the probe saw {len(clf.probe['classes'])} of the {clf.num_classes} classes, "
+                      f"and a linear head cannot give the others probability 0; serve it with tljax predict")
     cfg = clf.config
     if cfg.kind == "bert" and not (clf.pooling == "cls" and "pooler" in clf.params):
         what = (f"pooling {clf.pooling!r}" if clf.pooling != "cls"
@@ -635,26 +639,44 @@ def _exportable(clf) -> None:
 
 def _fold_bias_into_ln_f(ln_f_bias: np.ndarray, kernel: np.ndarray, bias: np.ndarray, where) -> np.ndarray:
     """GPT2ForSequenceClassification's ``score`` layer has no bias. ln_f feeds only that layer there, so
-    shifting ln_f's bias by d with d @ kernel = bias - mean(bias) gives the same logits up to a constant per
-    row, i.e. the same softmax. kernel [H, C] (full column rank C <= H), bias [C] -> new ln_f bias [H]."""
-    k64, target = kernel.astype(np.float64), (bias - bias.mean()).astype(np.float64)
-    shift = target @ np.linalg.pinv(k64)
-    residual = float(np.abs(shift @ k64 - target).max()) if target.size else 0.0
+    shifting ln_f's bias by d with d @ kernel = bias + c (any constant c: softmax ignores it) gives the same
+    probabilities. kernel [H, C], bias [C] -> new ln_f bias [H]; (d, c) is the least-norm solution."""
+    k64, target = kernel.astype(np.float64), bias.astype(np.float64)
+    system = np.concatenate([k64, -np.ones((1, k64.shape[1]))])  # [d, c] @ system = d @ kernel - c
+    solution = target @ np.linalg.pinv(system)
+    residual = float(np.abs(solution @ system - target).max())
     if residual > 1e-6 * (1.0 + float(np.abs(target).max())):
-        raise HFError(f"{where}: the classifier head's bias cannot be folded into ln_f (its kernel has rank < "
-                      f"{kernel.shape[1]} classes); GPT2ForSequenceClassification has no head bias, so this "
-                      f"model cannot be exported exactly; serve it with tljax predict")
-    return (ln_f_bias.astype(np.float64) + shift).astype(np.float32)
+        raise HFError(f"{where}: the classifier head's bias is not reachable through ln_f (the head's kernel "
+                      f"has rank < {kernel.shape[1] - 1}); GPT2ForSequenceClassification has no head bias, so "
+                      f"this model cannot be exported exactly; serve it with tljax predict")
+    return (ln_f_bias.astype(np.float64) + solution[:-1]).astype(np.float32)
+
+
+def probe_as_linear_head(clf) -> tuple[np.ndarray, np.ndarray]:
+    """The logistic-regression probe of a ``features`` classifier as one linear layer on the pooled features:
+    (kernel [H, C], bias [C]) float32 whose softmax is the probe's ``predict_proba``. StandardScaler folds in
+    (W / scale, b - W @ (mean / scale)); two classes: sigmoid(s) = softmax([0, s])[1], so row 0 is zero."""
+    a = {k: np.asarray(v, np.float64) for k, v in clf.probe.items()}
+    coef = a["coef"] / a["scale"]  # [K', H]
+    intercept = a["intercept"] - coef @ a["mean"]
+    if coef.shape[0] == 1:
+        coef = np.concatenate([np.zeros_like(coef), coef])
+        intercept = np.concatenate([[0.0], intercept])
+    return coef.T.astype(np.float32), intercept.astype(np.float32)
 
 
 def export_classifier_weights(clf) -> dict[str, np.ndarray]:
-    """A ``finetuned`` tljax Classifier -> Hugging Face tensors of BertForSequenceClassification
+    """A ``finetuned`` tljax Classifier (or a ``probe`` one with a logreg probe: ``probe_as_linear_head``) ->
+    Hugging Face tensors of BertForSequenceClassification
     (``bert.*`` with pooler, ``classifier.weight`` [C, H], ``classifier.bias`` [C]) or
     GPT2ForSequenceClassification (``transformer.*``, ``score.weight`` [C, H]; head bias folded into ln_f)."""
     _exportable(clf)
     cfg, params = clf.config, clf.params
-    kernel = np.asarray(params["classifier"]["kernel"], np.float32)  # [H, C]
-    bias = np.asarray(params["classifier"]["bias"], np.float32)
+    if clf.kind == "probe":
+        kernel, bias = probe_as_linear_head(clf)
+    else:
+        kernel = np.asarray(params["classifier"]["kernel"], np.float32)  # [H, C]
+        bias = np.asarray(params["classifier"]["bias"], np.float32)
     backbone = {k: v for k, v in params.items() if k != "classifier"}
     if cfg.kind == "bert":
         backbone.update(fresh_mlm_head(cfg))  # export_weights writes an MLM head; not part of this model
