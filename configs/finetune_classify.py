@@ -8,7 +8,9 @@
         --config.data.train='csv:train.csv' --config.data.test='csv:test.csv'
 
 Strategies: features | light | full | progressive (see docs/transfer.md); init_from=none with
-model_like=<run> is the from-scratch baseline. Sized for the tiny pretrained models on 2 CPU cores:
+model_like=<run> is the from-scratch baseline. Every run leaves its classifier in WORKDIR/model/ and the
+test set's predictions in WORKDIR/predictions.csv: ``tljax predict`` / ``tljax evaluate`` / ``tljax convert``
+use it (docs/deploy.md). Sized for the tiny pretrained models on 2 CPU cores:
 a 100-label run takes about a minute.
 """
 from tljax.defaults import finetune_config

@@ -15,8 +15,7 @@ def get_config(arg=None):
     config = pretrain_config(objective="clm", kind="llama")
     config.model.update(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
                         mlp_dim=344,  # SwiGLU: ~2/3 of 4 x hidden, so the MLP costs what GPT's 512 does
-                        max_len=128, activation="silu", layer_norm_eps=1e-5, rope_theta=10000.0,
-                        tie_embeddings=True, use_pooler=False,
+                        max_len=128,
                         # No dropout: a model this small underfits in a short run.
                         dropout=0.0, attention_dropout=0.0)
     config.data.update(seq_len=128, batch_size=16, subsample=0.25)

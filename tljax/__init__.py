@@ -16,4 +16,15 @@ def from_pretrained(path):
     return _load(path)
 
 
-__all__ = ["from_pretrained"]
+def load_classifier(path):
+    """Load the classifier a ``tljax finetune`` run saved (its workdir, or the ``model/`` folder in it)::
+
+        clf = tljax.load_classifier("runs/rt")
+        clf.predict(["great film", "dull and long"])   # -> ["fresh", "rotten"]: label names
+        clf.predict_proba(texts)                       # -> float64 [N, C], columns in clf.label_names order
+    """
+    from tljax.classifier import load_classifier as _load  # lazy: `import tljax` stays light
+    return _load(path)
+
+
+__all__ = ["from_pretrained", "load_classifier"]

@@ -35,6 +35,12 @@ commands:
                           Hugging Face folder <-> tljax run: --from hf:/folder (or hf:minilm, hf:smollm2)
                           or gguf:/path/model.gguf --to runs/x
                           writes a run that init_from accepts; --from runs/x --to hf:/folder exports
+                          (a fine-tuning run exports as Bert/GPT2ForSequenceClassification)
+  predict --model RUN --input csv:F.csv|jsonl:F.jsonl|- [--output F.csv|F.jsonl] [--text_field text]
+                          classify texts with a fine-tuning run's model/ (- reads lines from stdin;
+                          no --output: CSV on stdout)
+  evaluate --model RUN --data csv:F.csv|jsonl:F.jsonl [--text_field text] [--label_field label]
+                          accuracy, macro-F1 and confusion matrix of a fine-tuning run's model/ on labeled data
 
 multi-process pretrain / finetune (the same command in every process; docs/scaling.md):
   --coordinator=HOST:PORT --num_processes=N --process_id=I   (or TLJAX_COORDINATOR, TLJAX_NUM_PROCESSES,
@@ -331,14 +337,116 @@ def cmd_convert(argv):
     from tljax import hf
     from tljax.init_from import resolve
     try:
-        if values["to"].startswith("hf:"):
-            out = hf.export_hf(resolve(values["from"]), values["to"][3:])
+        if values["to"].startswith("hf:") and hf.is_classifier_run(values["from"]):
+            out = hf.export_classifier_hf(values["from"], values["to"][3:])
+            print(f"wrote Hugging Face sequence classifier {out}")
+        elif values["to"].startswith("hf:"):
+            out = hf.export_hf(values["from"], values["to"][3:])
             print(f"wrote Hugging Face folder {out}")
         else:
             out = hf.write_run(resolve(values["from"]), values["to"])
             print(f"wrote tljax run {out} (use it as init_from={out})")
     except user_errors() as e:
         fail(str(e))
+
+
+def parse_flags(argv: list[str], names: dict[str, str | None], usage: str) -> dict[str, str | None]:
+    """``--name value`` / ``--name=value`` flags of ``names`` (name -> default; None = required)."""
+    values, rest = {}, list(argv)
+    while rest:
+        arg = rest.pop(0)
+        name, eq, value = arg.partition("=")
+        if not name.startswith("--") or name[2:] not in names or name[2:] in values:
+            fail(f"unexpected argument {arg!r}; usage: {usage}")
+        if not eq:
+            if not rest:
+                fail(f"{name} needs a value; usage: {usage}")
+            value = rest.pop(0)
+        values[name[2:]] = value
+    for name, default in names.items():
+        if values.get(name) in (None, ""):
+            if default is None:
+                fail(f"--{name} is required; usage: {usage}")
+            values[name] = default
+    return values
+
+
+PREDICT_USAGE = ("tljax predict --model RUN --input csv:F.csv|jsonl:F.jsonl|- [--output F.csv|F.jsonl] "
+                 "[--text_field text]")
+
+
+def _persistent_compilation_cache() -> None:
+    """Keep predict's / evaluate's compiled length buckets on disk: a later invocation skips compiling."""
+    import jax
+    from tljax.utils import cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def _read_stdin_texts() -> list[str]:
+    from tljax.data.sources import SourceError
+    try:
+        data = sys.stdin.buffer.read().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SourceError(f"stdin is not UTF-8 text (bad byte at offset {e.start}); convert it first, "
+                          f"e.g. `iconv -f latin1 -t utf-8`") from None
+    texts = [line for line in data.splitlines() if line.strip()]
+    if not texts:
+        raise SourceError("stdin holds no text; give one text per line (or --input csv:F.csv)")
+    return texts
+
+
+def cmd_predict(argv):
+    flags = parse_flags(argv, {"model": None, "input": None, "output": "", "text_field": "text"}, PREDICT_USAGE)
+    output = flags["output"]
+    fmt = "jsonl" if output.endswith(".jsonl") else "csv"
+    if output and not output.endswith((".csv", ".jsonl")):
+        fail(f"--output {output!r} must end in .csv or .jsonl (or leave it out for CSV on stdout)")
+    from pathlib import Path
+    if output and not Path(output).expanduser().absolute().parent.is_dir():
+        fail(f"--output {output!r}: folder {Path(output).parent} does not exist; create it first")
+    from tljax import classifier
+    from tljax.data import labeled
+    _persistent_compilation_cache()
+    try:
+        clf = classifier.load_classifier(flags["model"])
+        texts = (_read_stdin_texts() if flags["input"] == "-"
+                 else labeled.read_texts(flags["input"], flags["text_field"]))
+        predicted, proba = clf.predict_ids(texts, progress=len(texts) >= 1000 and sys.stderr.isatty())
+        classifier.write_predictions(output, texts, clf.label_names, predicted, proba, fmt=fmt,
+                                     stream=None if output else sys.stdout)
+    except user_errors() as e:
+        fail(str(e))
+    if output:
+        print(f"wrote {len(texts)} predictions to {output}", file=sys.stderr)
+
+
+EVALUATE_USAGE = ("tljax evaluate --model RUN --data csv:F.csv|jsonl:F.jsonl|builtin:rotten_tomatoes/test "
+                  "[--text_field text] [--label_field label] [--json metrics.json]")
+
+
+def cmd_evaluate(argv):
+    flags = parse_flags(argv, {"model": None, "data": None, "text_field": "text", "label_field": "label",
+                               "json": ""}, EVALUATE_USAGE)
+    from tljax import classifier
+    from tljax.data import labeled
+    from tljax.utils import write_json
+    _persistent_compilation_cache()
+    try:
+        clf = classifier.load_classifier(flags["model"])
+        texts, raw = labeled.read_labeled(flags["data"], flags["text_field"], flags["label_field"],
+                                          settings=("--text_field", "--label_field"))
+        labels = labeled._to_ids([labeled._canonical(x) for x in raw], clf.label_names, flags["data"],
+                                 "evaluation")
+        predicted, _ = clf.predict_ids(texts, progress=len(texts) >= 1000 and sys.stderr.isatty())
+        result = classifier.evaluation(labels, predicted, clf.num_classes)
+    except user_errors() as e:
+        fail(str(e))
+    print(classifier.format_evaluation(result, clf.label_names))
+    if flags["json"]:
+        write_json(flags["json"], dict(result, label_names=clf.label_names, data=flags["data"]))
+
+
 
 
 COMMAND_USAGE = {
@@ -360,7 +468,7 @@ COMMAND_USAGE = {
 
 COMMANDS = {"pretrain": cmd_pretrain, "finetune": cmd_finetune, "word2vec": cmd_word2vec,
             "experiment": cmd_experiment, "data": cmd_data, "zeroshot": cmd_zeroshot,
-            "convert": cmd_convert}
+            "convert": cmd_convert, "predict": cmd_predict, "evaluate": cmd_evaluate}
 
 
 def version() -> str:

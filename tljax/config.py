@@ -128,12 +128,13 @@ def rule_error(field: str, value, rule: Rule) -> str:
 
 
 _MODEL_RULES = {
-    "model.kind": one_of("bert", "gpt"), "model.vocab_size": NONNEG_INT, "model.hidden_size": POS_INT,
+    "model.kind": one_of("bert", "gpt", "llama"), "model.vocab_size": NONNEG_INT, "model.hidden_size": POS_INT,
     "model.num_layers": POS_INT, "model.num_heads": POS_INT, "model.mlp_dim": POS_INT, "model.max_len": POS_INT,
     "model.type_vocab_size": POS_INT, "model.dropout": BELOW_ONE, "model.attention_dropout": BELOW_ONE,
-    "model.activation": one_of("gelu", "gelu_new", "relu"), "model.layer_norm_eps": POSITIVE,
+    "model.activation": one_of("gelu", "gelu_new", "relu", "silu"), "model.layer_norm_eps": POSITIVE,
     "model.init_std": POSITIVE, "model.dtype": one_of("float32", "bfloat16", "float16"),
     "model.attention_impl": one_of(None, "xla", "cudnn"), "model.remat": one_of("none", "full", "dots"),
+    "model.num_kv_heads": NONNEG_INT, "model.rope_theta": POSITIVE,
 }
 _OPTIMIZER_RULES = {
     "train.steps": POS_INT, "train.lr": POSITIVE, "train.warmup_steps": NONNEG_INT,
@@ -224,7 +225,8 @@ def validate_pretrain(config) -> None:
     check_rules(config, PRETRAIN_RULES)
     if (config.objective == "mlm") != (config.model.kind == "bert"):
         kind = "bert" if config.objective == "mlm" else "gpt"
-        raise ConfigError(f"objective={config.objective!r} needs model.kind={kind}; set --config.model.kind={kind} "
+        raise ConfigError(f"objective={config.objective!r} needs model.kind={kind}"
+                          f"{'' if kind == 'bert' else ' or llama'}; set --config.model.kind={kind} "
                           f"(or start from the config file of the other objective)")
     if config.model.hidden_size % config.model.num_heads:
         raise ConfigError(f"model.hidden_size={config.model.hidden_size} is not divisible by model.num_heads="

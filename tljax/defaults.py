@@ -7,7 +7,8 @@ from tljax.sharding import DEFAULT_RULES
 
 
 def pretrain_config(objective: str, kind: str) -> ml_collections.ConfigDict:
-    """Defaults for ``tljax pretrain``; ``objective`` "mlm" (with kind "bert") or "clm" (kind "gpt")."""
+    """Defaults for ``tljax pretrain``; ``objective`` "mlm" (with kind "bert") or "clm" (kind "gpt" or
+    "llama")."""
     c = ml_collections.ConfigDict()
     c.objective = objective  # "mlm" | "clm"
     c.seed = 0  # init, masking, dropout and data order all derive from it
@@ -16,10 +17,14 @@ def pretrain_config(objective: str, kind: str) -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(
         kind=kind, vocab_size=0, hidden_size=128, num_layers=2, num_heads=2, mlp_dim=512, max_len=128,
         type_vocab_size=2, dropout=0.1, attention_dropout=0.1,
-        activation="gelu" if kind == "bert" else "gelu_new",
+        activation={"bert": "gelu", "gpt": "gelu_new", "llama": "silu"}.get(kind, "gelu"),
         layer_norm_eps=1e-12 if kind == "bert" else 1e-5, init_std=0.02, use_pooler=kind == "bert",
         dtype="float32", attention_impl=ml_collections.FieldReference(None, field_type=str), remat="none",
         scan_layers=False))
+    if kind == "llama":
+        # Grouped-query key/value heads (0 = num_heads), rotary base, HF-style rope scaling as JSON ("" =
+        # none), LM head tied to the word embeddings (False: its own lm_head/kernel).
+        c.model.update(num_kv_heads=0, rope_theta=10000.0, rope_scaling="", tie_embeddings=True)
 
     c.mlm = ml_collections.ConfigDict(dict(rate=0.15, mask_prob=0.8, random_prob=0.1))
     # Parameter policy (tljax.policy): "REGEX: frozen" or "REGEX: lr=X, wd=Y, from=STEP" over parameter paths.
@@ -67,6 +72,8 @@ def finetune_config() -> ml_collections.ConfigDict:
     c.head_dropout = 0.1
     c.seed = 0
     c.overwrite = False  # True: replace a finished result of another config in the workdir
+    # Leave the selected classifier in workdir/model/ (tljax.classifier: predict, evaluate, convert).
+    c.save_model = True
     c.probe = ml_collections.ConfigDict(dict(kind="logreg", c_grid=(0.01, 0.1, 1.0, 10.0), mlp_hidden=256))
 
     c.data = ml_collections.ConfigDict(dict(

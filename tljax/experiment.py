@@ -171,6 +171,8 @@ def cell_config(config, cell: Cell, starts: dict, num_all: int) -> ml_collection
     method = METHODS[cell.method]
     c = ml_collections.ConfigDict(config.finetune.to_dict())
     c.strategy, c.seed, c.layer_lr_decay = method.strategy, cell.seed, method.layer_lr_decay
+    # A cell's model/ costs disk (MiniLM: ~90 MB per cell); kept only where the user asks.
+    c.save_model = bool(config.get("keep_models", False))
     c.data.num_labeled = cell.budget
     if method.start == "scratch":
         c.init_from, c.model_like = "none", starts["tljax"]["init_from"]

@@ -22,7 +22,7 @@ import flax.linen as nn
 from flax import traverse_util
 
 from tljax import config as config_lib
-from tljax import distributed, engine, memory, policy
+from tljax import classifier, distributed, engine, memory, policy
 from tljax import workdir as workdir_lib
 from tljax import sharding as shd
 from tljax.data import labeled, packing
@@ -40,12 +40,6 @@ from tljax.utils import cache_dir, is_lead_process, log, write_json
 # ----------------------------------------------------------------------------------------------------
 # (1) Inputs
 # ----------------------------------------------------------------------------------------------------
-def encode_texts(tokenizer, texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """texts -> (input_ids, attention_mask), both int32 [N, max_len] (truncated, right-padded)."""
-    enc = tokenizer(list(texts), max_length=max_len, truncation=True, padding="max_length")
-    return np.asarray(enc["input_ids"], np.int32), np.asarray(enc["attention_mask"], np.int32)
-
-
 def merge_pretrained(fresh: dict, pretrained: dict, new_prefixes=("classifier",)) -> tuple[dict, list[str]]:
     """Copy every pretrained leaf whose path the classifier also has; keep the fresh leaves under
     ``new_prefixes`` (the new head). Returns (params, paths kept fresh). Raises PretrainedError listing
@@ -85,11 +79,6 @@ def pooling_for(config, kind: str) -> str:
     if config.pooling != "auto":
         return config.pooling
     return "mean" if kind == "bert" else "last"
-
-
-def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
-    from sklearn.metrics import f1_score
-    return float(f1_score(labels, predictions, labels=list(range(num_classes)), average="macro", zero_division=0))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -175,7 +164,7 @@ def fit_probe(cfg, features: dict, labels: dict, seed: int) -> dict:
                     (getattr(est[1], "coef_", None), getattr(est[1], "intercept_", None),
                      *getattr(est[1], "coefs_", []), *getattr(est[1], "intercepts_", [])) if a is not None)
     return {"test_predictions": model.predict(features["test"]), "validation_curve": curve, "best_C": c,
-            "probe_parameters": trainable}
+            "probe_parameters": trainable, "probe": model}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -275,7 +264,7 @@ def _run(config, workdir: Path, feature_cache: bool) -> dict:
     else:
         pooling = pooling_for(config, pre.model.kind)
         model = SequenceClassifier(pre.model, num_classes, pooling=pooling, head_dropout=config.head_dropout)
-        encoded = {name: encode_texts(pre.tokenizer, getattr(data, name).texts, config.data.max_len)
+        encoded = {name: classify.encode_texts(pre.tokenizer, getattr(data, name).texts, config.data.max_len)
                    for name in ("train", "validation", "test")}
         # Jitted: an eager init dispatches every initializer op by op (seconds per run).
         fresh = jax.jit(model.init)(jax.random.key(config.seed), encoded["train"][0][:1],
@@ -293,9 +282,12 @@ def _run(config, workdir: Path, feature_cache: bool) -> dict:
         else:
             summary.update(_run_gradient(config, model, start_params, pre, encoded, y, workdir, resume_allowed))
 
-    summary["test_macro_f1"] = macro_f1(y["test"], summary.pop("test_predictions"), num_classes)
+    summary["test_macro_f1"] = classify.macro_f1(y["test"], summary.pop("test_predictions"), num_classes)
+    deploy = summary.pop("deploy")
     summary["wall_seconds"] = time.time() - t_start
     if is_lead_process():
+        # predictions.csv and (config.save_model) model/ before summary.json, which marks a finished run
+        classifier.save_run_outputs(workdir, config, data, pre, summary["pooling"], deploy)
         write_json(workdir / "summary.json", summary)
     log(f"test accuracy {summary['test_accuracy']:.4f}, macro-F1 {summary['test_macro_f1']:.4f} "
         f"({config.strategy}, {summary['num_labeled']} labels, {summary['wall_seconds']:.0f}s)")
@@ -325,12 +317,14 @@ def _claim_workdir(config, workdir: Path) -> bool:
     return same
 
 
-def _probe_summary(probe: dict, y, frozen_params: int) -> dict:
+def _probe_summary(probe: dict, y, frozen_params: int, deploy: dict) -> dict:
+    """deploy: what tljax.classifier saves besides the probe ("kind", "test_features", …)."""
     preds = probe["test_predictions"]
     return {"test_accuracy": float((preds == y["test"]).mean()), "test_predictions": preds,
             "validation_curve": probe["validation_curve"], "best_C": probe["best_C"],
             "trainable_params": probe["probe_parameters"], "frozen_params": frozen_params,
-            "optimizer_state_bytes": 0, "forgetting": None}
+            "optimizer_state_bytes": 0, "forgetting": None,
+            "deploy": dict(deploy, probe=probe["probe"], test_ids=preds)}
 
 
 def _run_word_vectors(config, data, y) -> dict:
@@ -339,7 +333,8 @@ def _run_word_vectors(config, data, y) -> dict:
     vectors = word2vec.load(config.init_from[4:] if config.init_from.startswith("w2v:") else config.init_from)
     feats = {name: word2vec.text_features(vectors, getattr(data, name).texts)
              for name in ("train", "validation", "test")}
-    return _probe_summary(fit_probe(config, feats, y, config.seed), y, int(vectors.vectors.size))
+    return _probe_summary(fit_probe(config, feats, y, config.seed), y, int(vectors.vectors.size),
+                          {"kind": "word_vectors", "word_vectors": vectors, "test_features": feats["test"]})
 
 
 def _run_features(config, model, params, pre: Pretrained, data, encoded, y, use_cache: bool) -> dict:
@@ -354,7 +349,8 @@ def _run_features(config, model, params, pre: Pretrained, data, encoded, y, use_
                        else encode(np.arange(len(ids))))
     log(f"features {feats['train'].shape[1]}-d for {sum(len(f) for f in feats.values())} texts in {time.time() - t0:.1f}s")
     probe = fit_probe(config, feats, y, config.seed)
-    return dict(_probe_summary(probe, y, count_params(encoder)), feature_seconds=time.time() - t0)
+    deploy = {"kind": "probe", "params": encoder, "test_features": feats["test"], "batch_size": 128}
+    return dict(_probe_summary(probe, y, count_params(encoder), deploy), feature_seconds=time.time() - t0)
 
 
 def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, workdir, resume_allowed) -> dict:
@@ -416,8 +412,9 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, work
                         desc=f"finetune {config.strategy}", batch_specs=widest, resume=resume)
     best_params = result.best_params
     with shd.mesh_context(run.mesh, run.rules):
-        preds, _ = classify.predict(logits_fn, jax.device_put(best_params, run.state_sharding.params),
-                                    *encoded["test"], y["test"], B * 4, put)
+        test_logits = classify.batched_apply(logits_fn, jax.device_put(best_params, run.state_sharding.params),
+                                             *encoded["test"], B * 4, put)
+    preds = test_logits.argmax(-1)  # the test set is never empty (read_labeled refuses empty files)
     forgetting = None
     if before is not None:
         after = measure_forgetting(with_backbone(pre.params, best_params))
@@ -430,4 +427,6 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, work
             "best_validation_accuracy": result.best_value if has_validation else 0.0,
             "trainable_params": trainable, "frozen_params": frozen, "optimizer_state_bytes": opt_bytes,
             "train_step_compilations": result.compilations, "forgetting": forgetting, "memory": result.memory,
-            "steps_this_run": result.steps_this_run}
+            "steps_this_run": result.steps_this_run,
+            "deploy": {"kind": "finetuned", "params": best_params, "test_ids": preds, "batch_size": B * 4,
+                       "test_logits": test_logits}}

@@ -24,7 +24,8 @@ PyTorch models. Layouts (torch ``nn.Linear`` weights are [out, in], GPT-2 ``Conv
           … input_layernorm / post_attention_layernorm / {model.}norm -> ln_1 / ln_2 / ln_f (scale)
           lm_head.weight [V, H] -> lm_head/kernel [H, V], or tied to embed_tokens (tie_word_embeddings)
 
-Entry points: ``config_from_hf``, ``load_hf`` (-> ``Pretrained``), ``export_hf``, ``write_run`` (a tljax run
+Entry points: ``config_from_hf``, ``load_hf`` (-> ``Pretrained``), ``export_hf``, ``export_classifier_hf`` (a
+fine-tuned classifier as Bert/GPT2ForSequenceClassification), ``write_run`` (a tljax run
 folder that ``init_from`` and ``tljax.from_pretrained`` accept), ``PretrainedModel`` (what
 ``tljax.from_pretrained`` returns), ``fetch_minilm`` (the offline all-MiniLM-L6-v2, alias ``hf:minilm``).
 """
@@ -717,6 +718,139 @@ def write_run(source: Pretrained, workdir: str | Path) -> Path:
     ckpt.close()
     (workdir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return workdir.absolute()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fine-tuned classifiers out: BertForSequenceClassification / GPT2ForSequenceClassification
+# ----------------------------------------------------------------------------------------------------
+def is_classifier_run(path) -> bool:
+    """True for a ``tljax finetune`` workdir (or its ``model/`` folder): its export is a sequence classifier
+    (and a workdir without model/ gets load_classifier's error naming why)."""
+    path = Path(str(path)).expanduser()
+    if (path / "model" / "classifier.json").is_file() or (path / "classifier.json").is_file():
+        return True
+    try:
+        return "strategy" in json.loads((path / "summary.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _exportable(clf) -> None:
+    """Raise HFError unless transformers' sequence-classification models compute exactly ``clf``."""
+    if clf.kind == "word_vectors" or (clf.kind == "probe" and clf.meta["probe"]["kind"] != "logreg"):
+        what = "mean word vectors + a probe" if clf.kind == "word_vectors" else "frozen features + an MLP probe"
+        raise HFError(f"{clf.folder} holds a classifier of {what}, which no transformers model expresses; "
+                      f"fine-tune with --config.strategy=full (or light/progressive; or features with the "
+                      f"logreg probe) to export, or serve it with tljax predict")
+    if clf.kind == "probe" and len(clf.probe["classes"]) != clf.num_classes:
+        raise HFError(f"{clf.folder}: the probe saw {len(clf.probe['classes'])} of the {clf.num_classes} classes, "
+                      f"and a linear head cannot give the others probability 0; serve it with tljax predict")
+    cfg = clf.config
+    if cfg.kind == "bert" and not (clf.pooling == "cls" and "pooler" in clf.params):
+        what = (f"pooling {clf.pooling!r}" if clf.pooling != "cls"
+                else "[CLS] pooling without a pooler layer (model.use_pooler=False)")
+        raise HFError(f"{clf.folder}: BertForSequenceClassification classifies [CLS] through the pooler, which "
+                      f"cannot express this model's {what}; fine-tune with --config.pooling=cls to export, or "
+                      f"serve it with tljax predict")
+    if cfg.kind == "gpt" and clf.pooling != "last":
+        raise HFError(f"{clf.folder}: GPT2ForSequenceClassification classifies the last token, which cannot "
+                      f"express pooling {clf.pooling!r}; fine-tune with --config.pooling=last to export, or serve "
+                      f"it with tljax predict")
+
+
+def _fold_bias_into_ln_f(ln_f_bias: np.ndarray, kernel: np.ndarray, bias: np.ndarray, where) -> np.ndarray:
+    """GPT2ForSequenceClassification's ``score`` layer has no bias. ln_f feeds only that layer there, so
+    shifting ln_f's bias by d with d @ kernel = bias + c (any constant c: softmax ignores it) gives the same
+    probabilities. kernel [H, C], bias [C] -> new ln_f bias [H]; (d, c) is the least-norm solution."""
+    k64, target = kernel.astype(np.float64), bias.astype(np.float64)
+    system = np.concatenate([k64, -np.ones((1, k64.shape[1]))])  # [d, c] @ system = d @ kernel - c
+    solution = target @ np.linalg.pinv(system)
+    residual = float(np.abs(solution @ system - target).max())
+    if residual > 1e-6 * (1.0 + float(np.abs(target).max())):
+        raise HFError(f"{where}: the classifier head's bias is not reachable through ln_f (the head's kernel "
+                      f"has rank < {kernel.shape[1] - 1}); GPT2ForSequenceClassification has no head bias, so "
+                      f"this model cannot be exported exactly; serve it with tljax predict")
+    return (ln_f_bias.astype(np.float64) + solution[:-1]).astype(np.float32)
+
+
+def probe_as_linear_head(clf) -> tuple[np.ndarray, np.ndarray]:
+    """The logistic-regression probe of a ``features`` classifier as one linear layer on the pooled features:
+    (kernel [H, C], bias [C]) float32 whose softmax is the probe's ``predict_proba``. StandardScaler folds in
+    (W / scale, b - W @ (mean / scale)); two classes: sigmoid(s) = softmax([0, s])[1], so row 0 is zero."""
+    a = {k: np.asarray(v, np.float64) for k, v in clf.probe.items()}
+    coef = a["coef"] / a["scale"]  # [K', H]
+    intercept = a["intercept"] - coef @ a["mean"]
+    if coef.shape[0] == 1:
+        coef = np.concatenate([np.zeros_like(coef), coef])
+        intercept = np.concatenate([[0.0], intercept])
+    return coef.T.astype(np.float32), intercept.astype(np.float32)
+
+
+def export_classifier_weights(clf) -> dict[str, np.ndarray]:
+    """A ``finetuned`` tljax Classifier (or a ``probe`` one with a logreg probe: ``probe_as_linear_head``) ->
+    Hugging Face tensors of BertForSequenceClassification
+    (``bert.*`` with pooler, ``classifier.weight`` [C, H], ``classifier.bias`` [C]) or
+    GPT2ForSequenceClassification (``transformer.*``, ``score.weight`` [C, H]; head bias folded into ln_f)."""
+    _exportable(clf)
+    cfg, params = clf.config, clf.params
+    if clf.kind == "probe":
+        kernel, bias = probe_as_linear_head(clf)
+    else:
+        kernel = np.asarray(params["classifier"]["kernel"], np.float32)  # [H, C]
+        bias = np.asarray(params["classifier"]["bias"], np.float32)
+    backbone = {k: v for k, v in params.items() if k != "classifier"}
+    if cfg.kind == "bert":
+        backbone.update(fresh_mlm_head(cfg))  # export_weights writes an MLM head; not part of this model
+        out = {k: v for k, v in export_weights(backbone, cfg).items() if not k.startswith("cls.")}
+        out["classifier.weight"] = np.ascontiguousarray(kernel.T)
+        out["classifier.bias"] = bias
+        return out
+    out = export_weights(backbone, cfg)
+    out["transformer.ln_f.bias"] = _fold_bias_into_ln_f(out["transformer.ln_f.bias"], kernel, bias, clf.folder)
+    out["score.weight"] = np.ascontiguousarray(kernel.T)
+    return out
+
+
+def classifier_hf_config(clf) -> dict:
+    """The ``config.json`` of the exported classifier: the backbone's, with the sequence-classification
+    architecture, ``id2label`` / ``label2id`` and (GPT-2) ``pad_token_id``."""
+    config = hf_config_from(clf.config, clf.tokenizer)
+    config.update(architectures=["BertForSequenceClassification" if clf.config.kind == "bert"
+                                 else "GPT2ForSequenceClassification"],
+                  id2label={str(i): n for i, n in enumerate(clf.label_names)},
+                  label2id={n: i for i, n in enumerate(clf.label_names)},
+                  problem_type="single_label_classification")
+    if clf.config.kind == "bert":
+        config["classifier_dropout"] = clf.meta.get("source", {}).get("head_dropout")
+    else:
+        config["pad_token_id"] = clf.tokenizer.pad_token_id  # the last non-pad token is the one classified
+    return config
+
+
+def export_classifier_hf(source, out_folder: str | Path) -> Path:
+    """Write a fine-tuned tljax classifier (a Classifier, a ``tljax finetune`` workdir or its model/ folder) as
+    a Hugging Face folder that ``AutoModelForSequenceClassification`` and ``pipeline("text-classification")``
+    load: config.json, model.safetensors, tokenizer files (``model_max_length`` = the run's max_len, so
+    ``truncation=True`` cuts where tljax does). Returns the folder."""
+    from safetensors.numpy import save_file
+    from tljax.classifier import Classifier, load_classifier
+    clf = source if isinstance(source, Classifier) else load_classifier(source)
+    _exportable(clf)
+    out = Path(str(out_folder)[3:] if str(out_folder).startswith("hf:") else out_folder).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise HFError(f"{out} exists and is not empty; give a new folder")
+    tensors = export_classifier_weights(clf)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(classifier_hf_config(clf), indent=2) + "\n")
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    umask = os.umask(0)
+    os.umask(umask)
+    (out / "model.safetensors").chmod(0o666 & ~umask)  # save_file creates it private
+    tokenizer = clf.tokenizer
+    tokenizer.model_max_length = clf.max_len
+    tokenizer.padding_side = "right"  # tljax pads on the right; GPT-2's last-token pick works either way
+    tokenizer.save_pretrained(str(out))
+    return out.absolute()
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -152,7 +152,7 @@ def result_settings(tree: dict) -> dict:
     ``overwrite`` and the device layout (``mesh``, ``sharding_rules``) dropped, the default labeled set
     spelled out (runs made before ``data.name`` defaulted to "" saved "rotten_tomatoes")."""
     flat = {k: v for k, v in config_lib.flatten(tree)
-            if k != "overwrite" and not k.startswith(("mesh.", "sharding_rules"))}
+            if k not in ("overwrite", "save_model") and not k.startswith(("mesh.", "sharding_rules"))}
     if not flat.get("data.name") and not flat.get("data.train") and not flat.get("data.test"):
         flat["data.name"] = "rotten_tomatoes"
     return flat

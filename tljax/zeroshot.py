@@ -27,7 +27,7 @@ import ml_collections
 
 from tljax.config import ConfigError
 from tljax.data.labeled import _canonical, read_labeled
-from tljax.finetune import macro_f1
+from tljax.tasks.classify import macro_f1
 from tljax.init_from import resolve
 from tljax.utils import log, write_json
 

@@ -32,6 +32,7 @@ def get_config(arg=None):
     c.seeds = (0,) if quick else (0, 1, 2)
     c.methods = tuple(METHODS)  # see tljax/experiment.py METHODS
     c.max_epochs = 20  # a cell trains for at most this many passes over its labeled set (≤ finetune.train.steps)
+    c.keep_models = False  # True: every cell keeps its classifier in cells/<method>/<cell>/model/ (disk)
 
     # Starting points. "" = make it here (pretrain / train into the workdir, reused on re-runs).
     c.tljax = ml_collections.ConfigDict(dict(
@@ -44,6 +45,7 @@ def get_config(arg=None):
 
     # Every cell: these fine-tuning settings + its method, budget and seed.
     c.finetune = finetune_config()
+    del c.finetune.save_model  # keep_models above decides it for every cell
     # :quick halves the longest cells (MiniLM at 1,000+ labels) to fit about 15 minutes on 2 cores.
     c.finetune.train.update(steps=150 if quick else 300, eval_every=50, log_every=50, patience=2)
     return c

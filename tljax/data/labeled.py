@@ -39,13 +39,14 @@ import numpy as np
 from tljax.data import prepared
 from tljax.data.sources import SourceError
 
-__all__ = ["LabeledSplit", "LabeledData", "read_labeled", "load_labeled",
+__all__ = ["LabeledSplit", "LabeledData", "read_labeled", "read_texts", "load_labeled",
            "SourceError"]
 
 _SPEC_KINDS = ("csv", "jsonl", "tfds", "builtin")
 _SPEC_HELP = ("csv:PATH, jsonl:PATH, tfds:name/config:split or builtin:rotten_tomatoes/SPLIT")
 _INT_RE = re.compile(r"[+-]?\d+")
 _BUILTIN_RT = "rotten_tomatoes"
+_DATA_SETTINGS = ("data.text_field", "data.label_field")  # what a missing-field error tells the user to set
 DEFAULT_NUM_VALIDATION = 500
 
 
@@ -90,14 +91,15 @@ class LabeledData:
 # --- reading -------------------------------------------------------------------------------------
 
 
-def read_labeled(spec: str, text_field: str = "text", label_field: str = "label") -> tuple[list[str], list]:
+def read_labeled(spec: str, text_field: str = "text", label_field: str = "label",
+                 settings=_DATA_SETTINGS) -> tuple[list[str], list]:
     """Read the (text, raw label) pairs of a labeled spec, in file order.
 
     spec: ``'csv:PATH' | 'jsonl:PATH' | 'tfds:name/config:split' | 'builtin:rotten_tomatoes/<split>'``.
     Returns ``(texts, labels)``: two lists of equal length N; texts are non-empty strings, labels are
     the values as stored (str for CSV and the builtin set, str/int for JSONL, int for TFDS class labels).
     Raises :class:`SourceError` for a missing file or field, an empty text, a non-UTF-8 file,
-    or an unknown spec kind.
+    or an unknown spec kind. ``settings``: the (text, label) setting names a missing-field error suggests.
     """
     kind, sep, args = str(spec).partition(":")
     if not sep:
@@ -109,12 +111,28 @@ def read_labeled(spec: str, text_field: str = "text", label_field: str = "label"
     text_field = text_field or "text"
     label_field = label_field or "label"
     if kind == "csv":
-        return _read_files(args, spec, _read_csv, text_field, label_field)
+        return _read_files(args, spec, _read_csv, text_field, label_field, settings)
     if kind == "jsonl":
-        return _read_files(args, spec, _read_jsonl, text_field, label_field)
+        return _read_files(args, spec, _read_jsonl, text_field, label_field, settings)
     if kind == "tfds":
-        return _read_tfds(args, spec, text_field, label_field)
+        return _read_tfds(args, spec, text_field, label_field, settings)
     return _read_builtin(args, spec)
+
+
+def read_texts(spec: str, text_field: str = "text", settings=("--text_field", "--label_field")) -> list[str]:
+    """The N texts of ``spec`` (``csv:``, ``jsonl:``, ``tfds:``, ``builtin:`` as in :func:`read_labeled`; no label
+    column needed), in file order. ``settings`` names the flag that chooses the text field in error messages.
+    Raises :class:`SourceError` as :func:`read_labeled` does."""
+    kind, sep, args = str(spec).partition(":")
+    if not sep or kind not in _SPEC_KINDS or not args.strip():
+        raise SourceError(f"input spec {spec!r} is not one of {_SPEC_HELP}")
+    text_field = text_field or "text"
+    if kind in ("csv", "jsonl"):
+        reader = _read_csv if kind == "csv" else _read_jsonl
+        return _read_files(args, spec, reader, text_field, None, settings)[0]
+    if kind == "tfds":
+        return _read_tfds(args, spec, text_field, None, settings)[0]
+    return _read_builtin(args, spec)[0]
 
 
 def _files(pattern: str, spec: str) -> list[Path]:
@@ -132,10 +150,10 @@ def _files(pattern: str, spec: str) -> list[Path]:
     return matched
 
 
-def _read_files(args, spec, reader, text_field, label_field):
+def _read_files(args, spec, reader, text_field, label_field, settings=_DATA_SETTINGS):
     texts, labels = [], []
     for path in _files(args, spec):
-        t, l = reader(path, text_field, label_field)
+        t, l = reader(path, text_field, label_field, settings)
         if not t:
             raise SourceError(f"{path} (from {spec!r}) holds no examples; check that it is the right file")
         texts.extend(t)
@@ -173,7 +191,7 @@ def _check_label(label, where: str, field: str):
     return label
 
 
-def _read_csv(path: Path, text_field: str, label_field: str):
+def _read_csv(path: Path, text_field: str, label_field: str | None, settings=_DATA_SETTINGS):
     reader = csv.reader(io.StringIO(_decode(path), newline=""))
     try:
         header = next(reader, None)
@@ -182,7 +200,9 @@ def _read_csv(path: Path, text_field: str, label_field: str):
                               f"{label_field!r} columns is expected")
         columns = [c.strip() for c in header]
         index = {}
-        for field, setting in ((text_field, "data.text_field"), (label_field, "data.label_field")):
+        for field, setting in zip((text_field, label_field), settings):
+            if field is None:
+                continue
             if field not in columns:
                 raise SourceError(f"{path} has no column {field!r} (columns: {', '.join(columns)}); "
                                   f"set {setting} to one of them")
@@ -194,13 +214,14 @@ def _read_csv(path: Path, text_field: str, label_field: str):
             where = f"{path} row {row_number} (line {reader.line_num})"
             values = {f: (row[i] if i < len(row) else None) for f, i in index.items()}
             texts.append(_check_text(values[text_field], where, text_field))
-            labels.append(_check_label(values[label_field], where, label_field))
+            if label_field is not None:
+                labels.append(_check_label(values[label_field], where, label_field))
     except csv.Error as e:
         raise SourceError(f"{path} line {reader.line_num} is not valid CSV ({e}); check its quoting") from None
     return texts, labels
 
 
-def _read_jsonl(path: Path, text_field: str, label_field: str):
+def _read_jsonl(path: Path, text_field: str, label_field: str | None, settings=_DATA_SETTINGS):
     texts, labels = [], []
     for lineno, line in enumerate(_decode(path).split("\n"), 1):
         if not line.strip():
@@ -213,12 +234,13 @@ def _read_jsonl(path: Path, text_field: str, label_field: str):
         if not isinstance(record, dict):
             raise SourceError(f"{where} holds a JSON {type(record).__name__}, not an object; "
                               "one object per line expected")
-        for field, setting in ((text_field, "data.text_field"), (label_field, "data.label_field")):
-            if field not in record:
+        for field, setting in zip((text_field, label_field), settings):
+            if field is not None and field not in record:
                 raise SourceError(f"{where} has no field {field!r} (fields: {', '.join(map(str, record))}); "
                                   f"set {setting} to one of them")
         texts.append(_check_text(record[text_field], where, text_field))
-        labels.append(_check_label(record[label_field], where, label_field))
+        if label_field is not None:
+            labels.append(_check_label(record[label_field], where, label_field))
     return texts, labels
 
 
@@ -227,7 +249,7 @@ def _first_line(error: Exception) -> str:
     return (text[0] if text else type(error).__name__)[:300]
 
 
-def _read_tfds(args: str, spec: str, text_field: str, label_field: str):
+def _read_tfds(args: str, spec: str, text_field: str, label_field: str | None, settings=_DATA_SETTINGS):
     name, sep, split = args.partition(":")  # dataset names hold no ':'; a split slice may
     if not sep or not name or not split:
         raise SourceError(f"tfds spec {spec!r} needs a dataset and a split: 'tfds:name/config:split'")
@@ -245,17 +267,17 @@ def _read_tfds(args: str, spec: str, text_field: str, label_field: str):
     if n == 0:
         raise SourceError(f"{spec!r} holds no examples; check the split")
     first = source[0]
-    for field, setting in ((text_field, "data.text_field"), (label_field, "data.label_field")):
-        if field not in first:
+    for field, setting in zip((text_field, label_field), settings):
+        if field is not None and field not in first:
             raise SourceError(f"{spec!r} has no feature {field!r} (features: {', '.join(map(str, first))}); "
                               f"set {setting} to one of them")
     texts, labels = [], []
     for i in range(n):
         record = first if i == 0 else source[i]
         where = f"{spec} example {i}"
-        text, label = _scalar(record[text_field], where), _scalar(record[label_field], where)
-        texts.append(_check_text(text, where, text_field))
-        labels.append(_check_label(label, where, label_field))
+        texts.append(_check_text(_scalar(record[text_field], where), where, text_field))
+        if label_field is not None:
+            labels.append(_check_label(_scalar(record[label_field], where), where, label_field))
     return texts, labels
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import optax
+from sklearn.metrics import f1_score
 
 from tljax.models import SequenceClassifier
 
@@ -22,6 +23,17 @@ def train_loss(model: SequenceClassifier):
         return loss, {"accuracy": (logits.argmax(-1) == labels).mean()}
 
     return loss_fn
+
+
+def encode_texts(tokenizer, texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """texts -> (input_ids, attention_mask), both int32 [N, max_len] (truncated, right-padded)."""
+    enc = tokenizer(list(texts), max_length=max_len, truncation=True, padding="max_length")
+    return np.asarray(enc["input_ids"], np.int32), np.asarray(enc["attention_mask"], np.int32)
+
+
+def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
+    """Macro-averaged F1 of label ids [N] against predictions [N] over all ``num_classes`` classes."""
+    return float(f1_score(labels, predictions, labels=list(range(num_classes)), average="macro", zero_division=0))
 
 
 def trimmed_length(mask: np.ndarray) -> int:
