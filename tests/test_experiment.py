@@ -11,6 +11,7 @@ import jax
 import pytest
 
 from conftest import write_keyword_task
+from tljax import config as config_lib
 from tljax import experiment, finetune
 from tljax.config import ConfigError
 
@@ -55,7 +56,7 @@ def mini_config(task, text_corpus, tmp_path):
             c.dim, c.min_count, c.table_size, c.steps_per_call = 16, 2, 10000, 16
             return c
     """))
-    c = experiment.load_config_file(REPO / "configs" / "experiments" / "learning_curve.py")
+    c = config_lib.load_config_file(REPO / "configs" / "experiments" / "learning_curve.py")
     c.methods = ("scratch", "word2vec", "tljax_features", "tljax_light")
     c.budgets, c.seeds = (20, 0), (0, 1)
     c.tljax.pretrain_config, c.word2vec.config, c.word2vec.epochs = str(pretrain_file), str(w2v_file), 1

@@ -64,6 +64,19 @@ def config_file_arg(argv: list[str]) -> str | None:
     return None
 
 
+def _without_config_file(argv: list[str]) -> list[str]:
+    """``argv`` without ``--config FILE[:ARG]`` / ``--config=FILE[:ARG]`` (overrides stay)."""
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == "--config":
+            skip = True
+        elif not arg.startswith("--config="):
+            out.append(arg)
+    return out
+
+
 def _last_line(text: str) -> str:
     """The last non-empty line of an error text (a config file's traceback ends with its message)."""
     lines = [l.strip() for l in str(text).strip().splitlines() if l.strip()]
@@ -96,21 +109,26 @@ def parse_config_flags(argv: list[str], extra_flags=(), command: str = "COMMAND"
     from absl import flags
     from ml_collections import config_flags
 
+    from tljax import config as config_lib
+
     spec = config_file_arg(argv)
-    if spec is not None:
-        path = spec.split(":", 1)[0]
-        if not os.path.isfile(path):
-            fail(f"config file {path} {'is a directory' if os.path.isdir(path) else 'does not exist'}; "
-                 f"give a .py config file such as configs/bert_mlm_tiny.py")
+    if spec is None:
+        fail("--config is required (e.g. --config configs/bert_mlm_tiny.py)")
+    try:
+        loaded = config_lib.load_config_file(spec)  # the one loader of config files
+    except config_lib.ConfigError as e:
+        fail(str(e))
+    # The file is loaded; what absl parses is the overrides (--config FILE itself is taken out).
+    argv = _without_config_file(argv)
     fv = flags.FlagValues()
-    # sys_argv: the --config.* overrides are looked up in this argv, not in sys.argv (they differ when
-    # main() is called from Python).
-    config_flags.DEFINE_config_file("config", None, "ml-collections config file", flag_values=fv,
-                                    lock_config=True, sys_argv=["tljax"] + list(argv))
     flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs, summary)", flag_values=fv)
     for name, default, help_ in extra_flags:
         flags.DEFINE_string(name, default, help_, flag_values=fv)
     try:
+        # sys_argv: the --config.* overrides are looked up in this argv, not in sys.argv (they differ when
+        # main() is called from Python); they are applied here, so a bad one fails here.
+        config_flags.DEFINE_config_dict("config", loaded, "ml-collections config file", flag_values=fv,
+                                        lock_config=True, sys_argv=["tljax"] + list(argv))
         fv(["tljax"] + argv)
         config = fv.config
     except flags.Error as e:
@@ -155,12 +173,8 @@ def _default_config(command: str):
 
 
 def _load_for_help(spec: str):
-    import importlib.util
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("_tljax_help_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config(), open(path, encoding="utf-8").read()
+    from tljax import config as config_lib
+    return config_lib.load_config_file(spec), open(spec.partition(":")[0], encoding="utf-8").read()
 
 
 def command_help(command: str, argv: list[str]) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import io
+import importlib.util
 import json
 import numbers
 import tokenize
@@ -64,6 +65,30 @@ def resume_differences(saved: dict, current: dict) -> list[str]:
             if old.get(field) != new.get(field):
                 diffs.append(f"{field}: {old.get(field)!r} -> {new.get(field)!r}")
     return diffs
+
+
+def load_config_file(spec: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
+    """``get_config([ARG])`` of an ml-collections config file: ``spec`` is ``FILE.py`` or ``FILE.py:ARG``
+    (what ``--config`` takes). The one loader of config files (CLI, ``--help``, the experiment's files).
+    A missing file, or a file whose get_config raises, is a ConfigError naming it."""
+    spec = str(spec)
+    path_text, _, spec_arg = spec.partition(":") if arg is None else (spec, "", arg)
+    path = Path(path_text)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} {'is a directory' if path.is_dir() else 'does not exist'}; "
+                          f"give a .py config file such as configs/bert_mlm_tiny.py")
+    module_spec = importlib.util.spec_from_file_location(f"_tljax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+        config = module.get_config(spec_arg) if spec_arg else module.get_config()
+    except Exception as e:  # the file's own error, e.g. an unknown ARG
+        lines = [l for l in str(e).strip().splitlines() if l.strip()]
+        raise ConfigError(f"cannot load --config {spec}: {type(e).__name__}: {lines[-1] if lines else ''}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"{path}'s get_config() returned {type(config).__name__}, not an ml_collections "
+                          f"ConfigDict")
+    return config
 
 
 def save_config(config, workdir: Path) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import io
 import json
 import math
@@ -61,17 +60,6 @@ CSV_FIELDS = ("method", "start", "strategy", "labels", "num_labeled", "seed", "t
 
 def budget_name(budget: int) -> str:
     return "all" if budget == 0 else str(budget)
-
-
-def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
-    """``get_config(arg)`` of an ml-collections config file (what ``--config FILE.py[:ARG]`` loads)."""
-    path = Path(path)
-    if not path.is_file():
-        raise config_lib.ConfigError(f"config file {path} not found; give an existing .py config file")
-    spec = importlib.util.spec_from_file_location(f"_tljax_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg is not None else module.get_config()
 
 
 def validate(config) -> None:
@@ -122,7 +110,7 @@ def _tljax_start(cfg, workdir: Path, costs: dict) -> dict:
         seconds = json.loads(summary.read_text()).get("wall_seconds") if summary.exists() else None
         return {"init_from": cfg.init_from, "wall_seconds": seconds, "note": f"given ({cfg.init_from})"}
     run_dir = workdir / "pretrain"
-    pcfg = load_config_file(cfg.pretrain_config)
+    pcfg = config_lib.load_config_file(cfg.pretrain_config)
     if cfg.pretrain_steps:
         pcfg.train.steps = int(cfg.pretrain_steps)
     log(f"pretraining the tljax MLM starting point into {run_dir} ({cfg.pretrain_config}, "
@@ -140,7 +128,7 @@ def _word2vec_start(cfg, workdir: Path, costs: dict) -> dict:
         return {"init_from": cfg.init_from, "wall_seconds": None, "note": f"given ({cfg.init_from})"}
     run_dir = workdir / "word2vec"
     if not (run_dir / "summary.json").exists():
-        wcfg = load_config_file(cfg.config)
+        wcfg = config_lib.load_config_file(cfg.config)
         if cfg.epochs:
             wcfg.epochs = int(cfg.epochs)
         log(f"training word2vec vectors into {run_dir} ({cfg.config}, {wcfg.epochs} epochs)")
