@@ -453,8 +453,7 @@ def load_labeled(data_cfg, seed: int) -> LabeledData:
     test_texts, test_raw = read_labeled(test_spec, text_field, label_field)
     fixed = None
     if train_spec.startswith(f"builtin:{_BUILTIN_RT}/"):
-        from tljax.data.rotten_tomatoes import LABEL_NAMES
-        fixed = tuple(LABEL_NAMES)
+        fixed = tuple(prepared.RT_LABEL_NAMES)
     train_canon = [_canonical(x) for x in train_raw]
     label_names = _label_names(train_canon, fixed)
     present = len(set(train_canon))

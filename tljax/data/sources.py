@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tljax.data import prepared
+from tljax.utils import log
 
 
 class SourceError(ValueError):
@@ -199,7 +200,6 @@ def _select_chunks(docs: list[str], subsample: float, holdout: float, take_holdo
                f"{holdout:g}) by whole documents; selecting among {len(pieces)} pieces of ~{CHUNK_CHARS} "
                f"characters instead ({len(kept)} kept{held})")
     if take_holdout or holdout <= 0:  # once per train/eval pair of selections
-        from tljax.utils import log
         log(message)
     for i, piece in enumerate(kept):
         # Piece i is held out when the running count of held-out pieces, floor((i + 1) * holdout), steps up:
