@@ -4,6 +4,6 @@
 # on 2 CPU cores). Re-running skips finished cells; extra arguments go to `tljax experiment`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh test
+bash scripts/setup.sh none  # the main job installs only what it runs (no torch, gensim)
 .venv/bin/tljax data prepare
 .venv/bin/tljax experiment --config configs/experiments/learning_curve.py:quick --workdir runs/lc_quick "$@"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create ./.venv and install tljax into it (editable) with its test dependencies. Idempotent: re-runs
-# only when pyproject.toml changed. Usage: bash scripts/setup.sh [extra,...]   (e.g. "test,torch")
+# Create ./.venv and install tljax into it (editable), with the given extras. Idempotent: re-runs
+# only when pyproject.toml changed. Usage: bash scripts/setup.sh [extra,...|none]   (e.g. "test,torch";
+# "none": the library alone, what the main job runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-test}"
@@ -11,7 +12,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.tljax-installed-$(sha1sum pyproject.toml | cut -c1-12)-${extras//,/_}"
 if [ ! -f "$stamp" ]; then
-  echo "setup: installing tljax[$extras] (first time: about a minute)"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[$extras]"
+  target="."
+  [ "$extras" = "none" ] || target=".[$extras]"
+  echo "setup: installing tljax${extras:+ ($extras)} (first time: about a minute)"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$target"
   touch "$stamp"
 fi
