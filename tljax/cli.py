@@ -355,7 +355,7 @@ def cmd_convert(argv):
             out = hf.export_classifier_hf(values["from"], values["to"][3:])
             print(f"wrote Hugging Face sequence classifier {out}")
         elif values["to"].startswith("hf:"):
-            out = hf.export_hf(values["from"], values["to"][3:])
+            out = hf.export_hf(resolve(values["from"]), values["to"][3:])
             print(f"wrote Hugging Face folder {out}")
         else:
             out = hf.write_run(resolve(values["from"]), values["to"])
