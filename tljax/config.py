@@ -115,6 +115,14 @@ PROBABILITY = Rule("a number in [0, 1]", lambda v: _is_num(v) and 0 <= v <= 1)
 BELOW_ONE = Rule("a number in [0, 1)", lambda v: _is_num(v) and 0 <= v < 1)
 
 
+def _is_regex(v) -> bool:
+    import re
+    try:
+        return isinstance(v, str) and re.compile(v) is not None
+    except re.error:
+        return False
+
+
 def one_of(*choices) -> Rule:
     return Rule("one of " + ", ".join(repr(c) for c in choices), lambda v: v in choices)
 
@@ -128,10 +136,10 @@ def rule_error(field: str, value, rule: Rule) -> str:
 
 
 _MODEL_RULES = {
-    "model.kind": one_of("bert", "gpt"), "model.vocab_size": NONNEG_INT, "model.hidden_size": POS_INT,
+    "model.kind": one_of("bert", "gpt", "llama"), "model.vocab_size": NONNEG_INT, "model.hidden_size": POS_INT,
     "model.num_layers": POS_INT, "model.num_heads": POS_INT, "model.mlp_dim": POS_INT, "model.max_len": POS_INT,
     "model.type_vocab_size": POS_INT, "model.dropout": BELOW_ONE, "model.attention_dropout": BELOW_ONE,
-    "model.activation": one_of("gelu", "gelu_new", "relu"), "model.layer_norm_eps": POSITIVE,
+    "model.activation": one_of("gelu", "gelu_new", "relu", "silu"), "model.layer_norm_eps": POSITIVE,
     "model.init_std": POSITIVE, "model.dtype": one_of("float32", "bfloat16", "float16"),
     "model.attention_impl": one_of(None, "xla", "cudnn"), "model.remat": one_of("none", "full", "dots"),
 }
@@ -153,7 +161,10 @@ PRETRAIN_RULES = {
     "train.keep_checkpoints": POS_INT, "train.run_steps": NONNEG_INT,
 }
 FINETUNE_RULES = {
-    "strategy": one_of("features", "light", "full", "progressive"), "unfrozen_layers": NONNEG_INT,
+    "strategy": one_of("features", "light", "full", "progressive", "lora"), "unfrozen_layers": NONNEG_INT,
+    "lora.rank": POS_INT, "lora.alpha": POSITIVE, "lora.dropout": BELOW_ONE,
+    "lora.targets": Rule("a non-empty tuple of regular expressions over kernel paths",
+                         lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_is_regex(t) for t in v)),
     "unfreeze_every": POS_INT, "layer_lr_decay": FRACTION, "pooling": one_of("auto", "cls", "mean", "last"),
     "head_dropout": BELOW_ONE, "seed": NONNEG_INT, "overwrite": one_of(False, True),
     "probe.kind": one_of("logreg", "mlp"), "probe.mlp_hidden": POS_INT,
