@@ -152,7 +152,7 @@ class TorchBench:
         torch.nn.utils.clip_grad_norm_(self.trainable, 1.0, foreach=True)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        self.last_loss = float(loss)
+        self.last_loss = loss.item()
         return time.perf_counter() - t0
 
 
