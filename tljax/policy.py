@@ -154,9 +154,10 @@ def strategy_rules(strategy: str, num_layers: int, *, unfrozen_layers: int = 2, 
 
 
 def lora_rules() -> list[Rule]:
-    """The ``lora`` preset: the adapters' subtree (``tljax.lora``) and the classifier head are trainable,
-    every other leaf (the whole pretrained model, a pooler included) is frozen: no update, no optimizer state."""
-    return [Rule(r"^lora/", "adapters", GroupPlan()), Rule(r"^classifier/", "head", GroupPlan()),
+    """The ``lora`` preset: the adapters' subtree (``tljax.lora``) and the classifier head (with pooling=cls
+    the pooler in front of it too: it may start fresh) are trainable; every other leaf (the whole pretrained
+    backbone) is frozen: no update, no optimizer state."""
+    return [Rule(r"^lora/", "adapters", GroupPlan()), Rule(r"^(classifier|pooler)/", "head", GroupPlan()),
             Rule(".*", "base", GroupPlan(frozen=True))]
 
 
