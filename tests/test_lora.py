@@ -189,3 +189,18 @@ def test_bad_lora_settings_are_one_line_errors(bert_run, task, tmp_path):
     c = lora_config(run, task, strategy="full")
     with pytest.raises(ConfigError, match="lora.rank is set but strategy=full"):
         finetune.run(c, tmp_path / "bad2")
+
+
+def test_lora_preset_groups():
+    """Adapters and the head (with pooling=cls the pooler too) train; every backbone leaf is frozen."""
+    cfg = TransformerConfig(**MODELS["bert"])
+    model = SequenceClassifier(cfg, 2, pooling="cls")
+    ids = jnp.ones((1, 8), jnp.int32)
+    boxed = jax.eval_shape(lambda r: model.init(r, ids, ids)["params"], jax.random.key(0))
+    params = {**nn.meta.unbox(boxed), lora.KEY: jax.eval_shape(
+        lambda r: lora.init(lora.plan(boxed, lora.DEFAULT_TARGETS), 2, r), jax.random.key(0))}
+    labels, plans = policy.group_labels(params, policy.strategy_rules("lora", 2))
+    for path, group in traverse_util.flatten_dict(labels).items():
+        expected = {"lora": "adapters", "classifier": "head", "pooler": "head"}.get(path[0], "base")
+        assert group == expected, path
+    assert plans["base"].frozen and not plans["adapters"].frozen and not plans["head"].frozen
