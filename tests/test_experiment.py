@@ -184,3 +184,47 @@ def test_claims_of_a_grid_in_progress():
     claims = experiment.answer_claims(rows, {})
     assert claims["better_predictions"]["labels"] == "100"
     assert experiment.answer_claims(_rows({("word2vec", "10"): [(0.55, 1)]}), {})["note"].startswith("the claims need")
+
+
+@pytest.mark.slow  # ~1-4 minutes on 2 shared cores: a Llama pretraining run plus six cells
+def test_decoder_methods_on_a_tiny_llama(task, text_corpus, tmp_path, monkeypatch):
+    """SmolLM2's methods (features, LoRA, prompting) run as cells on any causal LM: here a tiny Llama
+    pretrained for a few steps. Zero-shot prompting uses no label: one result, copied to every budget."""
+    from conftest import tiny_pretrain_config
+    from tljax import pretrain, zeroshot
+    llama = tmp_path / "llama"
+    p = tiny_pretrain_config("clm", "llama", text_corpus, steps=8)
+    p.model.update(num_heads=4, num_kv_heads=2, mlp_dim=64, activation="silu", layer_norm_eps=1e-5,
+                   use_pooler=False, dropout=0.0, attention_dropout=0.0)
+    pretrain.run(p, llama)
+    c = experiment.load_config_file(REPO / "configs" / "experiments" / "learning_curve.py")
+    assert not set(experiment.DECODER_METHODS) & set(
+        experiment.load_config_file(REPO / "configs" / "experiments" / "learning_curve.py", "quick").methods)
+    c.methods = ("smollm2_last", "smollm2_lora", "smollm2_prompt")
+    c.budgets, c.seeds = (20, 0), (0,)
+    c.smollm2.init_from = str(llama)
+    c.prompt.update(verbalizer='{"neg": " little", "pos": " great"}', prompt="{text} .")
+    c.finetune.data.update(name="", train=f"csv:{task}/train.csv", test=f"csv:{task}/test.csv",
+                           num_validation=20, max_len=16, batch_size=8)
+    c.finetune.train.update(steps=12, eval_every=6, log_every=6, warmup_steps=2)
+    c.finetune.forgetting.update(sequences=8, batch_size=8)
+    c.lr.smollm2 = 1e-2
+    scored = []
+    real_zeroshot = zeroshot.run
+    monkeypatch.setattr(zeroshot, "run", lambda *a, **k: scored.append(a[3]) or real_zeroshot(*a, **k))
+    out = experiment.run(c, tmp_path / "lc")
+    rows = {(r["method"], r["labels"]): r for r in out["rows"]}
+    assert len(rows) == 6 and len(scored) == 1  # the zero-shot cell was scored once
+    assert rows[("smollm2_prompt", "20")]["test_accuracy"] == rows[("smollm2_prompt", "all")]["test_accuracy"]
+    assert rows[("smollm2_prompt", "20")]["trainable_params"] == 0
+    lora_summary = json.loads((tmp_path / "lc/cells/smollm2_lora/20_s0/summary.json").read_text())
+    assert lora_summary["strategy"] == "lora" and lora_summary["lora"]["adapter_params"] > 0
+    assert lora_summary["trainable_params"] == lora_summary["lora"]["adapter_params"] + 2 * 32 + 2  # + the head
+    assert lora_summary["frozen_params"] > lora_summary["trainable_params"]
+    assert json.loads((tmp_path / "lc/cells/smollm2_last/20_s0/summary.json").read_text())["pooling"] == "last"
+    for r in rows.values():
+        assert 0.0 <= float(r["test_accuracy"]) <= 1.0
+    # resume: every cell finished, nothing runs again
+    monkeypatch.setattr(finetune, "run", lambda *a, **k: pytest.fail("a finished cell ran again"))
+    again = experiment.run(c, tmp_path / "lc")
+    assert len(again["rows"]) == 6 and len(scored) == 1

@@ -19,7 +19,7 @@ commands:
   pretrain --config FILE.py[:ARG] --workdir DIR [--config.FIELD=VALUE ...]
                           masked-LM or causal-LM pretraining (resumes from DIR's checkpoints)
   finetune --config FILE.py --workdir DIR [--config.FIELD=VALUE ...]
-                          text classification by transfer (features, light, full, progressive)
+                          text classification by transfer (features, light, full, progressive, lora)
   word2vec --config FILE.py --workdir DIR [--config.FIELD=VALUE ...]
                           word2vec (skip-gram/CBOW, negative sampling) word vectors in JAX
   experiment --config FILE.py[:quick] --workdir DIR [--config.FIELD=VALUE ...]
@@ -468,7 +468,7 @@ COMMAND_USAGE = {
                  "Masked-LM (BERT) or causal-LM (GPT) pretraining; re-running the command resumes from DIR's\n"
                  "newest checkpoint that restores."),
     "finetune": ("--config FILE.py --workdir DIR [--config.FIELD=VALUE ...]",
-                 "Text classification by transfer (features, light, full, progressive) from init_from."),
+                 "Text classification by transfer (features, light, full, progressive, lora) from init_from."),
     "word2vec": ("--config FILE.py --workdir DIR [--config.FIELD=VALUE ...]",
                  "word2vec (skip-gram/CBOW, negative sampling) word vectors in JAX."),
     "experiment": ("--config FILE.py[:quick] --workdir DIR [--config.FIELD=VALUE ...]",

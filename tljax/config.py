@@ -140,6 +140,14 @@ PROBABILITY = Rule("a number in [0, 1]", lambda v: _is_num(v) and 0 <= v <= 1)
 BELOW_ONE = Rule("a number in [0, 1)", lambda v: _is_num(v) and 0 <= v < 1)
 
 
+def _is_regex(v) -> bool:
+    import re
+    try:
+        return isinstance(v, str) and re.compile(v) is not None
+    except re.error:
+        return False
+
+
 def one_of(*choices) -> Rule:
     return Rule("one of " + ", ".join(repr(c) for c in choices), lambda v: v in choices)
 
@@ -179,7 +187,10 @@ PRETRAIN_RULES = {
     "train.keep_checkpoints": POS_INT, "train.run_steps": NONNEG_INT,
 }
 FINETUNE_RULES = {
-    "strategy": one_of("features", "light", "full", "progressive"), "unfrozen_layers": NONNEG_INT,
+    "strategy": one_of("features", "light", "full", "progressive", "lora"), "unfrozen_layers": NONNEG_INT,
+    "lora.rank": POS_INT, "lora.alpha": POSITIVE, "lora.dropout": BELOW_ONE,
+    "lora.targets": Rule("a non-empty tuple of regular expressions over kernel paths",
+                         lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_is_regex(t) for t in v)),
     "unfreeze_every": POS_INT, "layer_lr_decay": FRACTION, "pooling": one_of("auto", "cls", "mean", "last"),
     "head_dropout": BELOW_ONE, "seed": NONNEG_INT, "overwrite": one_of(False, True),
     "probe.kind": one_of("logreg", "mlp"), "probe.mlp_hidden": POS_INT,

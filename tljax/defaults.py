@@ -60,10 +60,16 @@ def finetune_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.init_from = ""  # pretraining workdir / its checkpoints/ / a step folder, or "none"
     c.model_like = ""  # with init_from=none: the run whose architecture and tokenizer to use
-    c.strategy = "full"  # features | light | full | progressive
+    c.strategy = "full"  # features | light | full | progressive | lora
     c.unfrozen_layers = 2  # light: how many top layers train
     c.unfreeze_every = 40  # progressive: steps between unfreezing one more group from the top
     c.layer_lr_decay = 1.0  # < 1: ELECTRA-style layer-wise rates (top layer = base rate)
+    # strategy=lora: low-rank adapters on the backbone's kernels, the base frozen (tljax/lora.py, docs/transfer.md)
+    c.lora = ml_collections.ConfigDict(dict(
+        rank=8,  # r: A is [in, r], B is [r, out]
+        alpha=16.0,  # the update is (alpha / rank) * A @ B
+        dropout=0.0,  # probability of dropping each input row of A at a training step
+        targets=(r"attention/(query|value)/kernel$",)))  # regexes over kernel paths; add r"mlp/[^/]+/kernel$" for the MLP
     # Own parameter rules, before the strategy's preset (first match wins): "REGEX: frozen" or
     # "REGEX: lr=X, wd=Y, from=STEP" over paths like encoder/layer_3/mlp/output/kernel (docs/transfer.md).
     c.param_rules = ()

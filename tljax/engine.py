@@ -106,14 +106,24 @@ def setup(init_params: Callable[[jax.Array], Any], train_cfg, mesh_cfg, rules_cf
 # ----------------------------------------------------------------------------------------------------
 # (2) The train step
 # ----------------------------------------------------------------------------------------------------
-def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule):
+def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, frozen=None):
     """``train_step(state, *batch) -> (state, metrics)`` for ``loss_fn(params, batch tuple, rng) -> (loss [],
     {name: []})``; metrics add ``loss``, ``grad_norm`` and ``learning_rate``. The step's dropout / masking key
-    is the state's key folded with the step, so a resumed run draws the same randomness."""
+    is the state's key folded with the step, so a resumed run draws the same randomness.
+
+    frozen: optional tree of bools like the params (``policy.frozen_mask``): those leaves get no gradient
+    (``stop_gradient``: zero, so XLA skips their weight-gradient products, and the clipping norm and
+    ``grad_norm`` cover the trained leaves only)."""
+
+    def differentiable(params):
+        if frozen is None:
+            return params
+        return jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
 
     def train_step(state: TrainState, *batch):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        (loss, aux), grads = jax.value_and_grad(lambda p: loss_fn(p, batch, rng), has_aux=True)(state.params)
+        (loss, aux), grads = jax.value_and_grad(lambda p: loss_fn(differentiable(p), batch, rng),
+                                                has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step)}
@@ -124,7 +134,9 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule):
 
 def compile_train_step(loss_fn, run: Setup, batch_shardings: Sequence):
     """The jitted train step: state and batch sharded as given, metrics replicated, state donated."""
-    return jax.jit(make_train_step(loss_fn, run.tx, run.schedule),
+    frozen = policy.frozen_mask(run.labels, run.plans)
+    any_frozen = any(jax.tree.leaves(frozen))
+    return jax.jit(make_train_step(loss_fn, run.tx, run.schedule, frozen if any_frozen else None),
                    in_shardings=(run.state_sharding, *batch_shardings),
                    out_shardings=(run.state_sharding, shd.replicated(run.mesh)), donate_argnums=0)
 

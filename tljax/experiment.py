@@ -26,6 +26,7 @@ import numpy as np
 
 from tljax import config as config_lib
 from tljax import finetune, pretrain, word2vec
+from tljax.defaults import finetune_config as finetune_defaults
 from tljax.data import labeled
 from tljax import workdir as workdir_lib
 from tljax.utils import cache_dir, is_lead_process, log, write_json
@@ -33,12 +34,14 @@ from tljax.utils import cache_dir, is_lead_process, log, write_json
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """One way to get a classifier: a starting point (``scratch`` | ``tljax`` | ``word2vec`` | ``minilm``)
-    and a ``tljax finetune`` strategy."""
+    """One way to get a classifier: a starting point (``scratch`` | ``tljax`` | ``word2vec`` | ``minilm`` |
+    ``smollm2``) and a ``tljax finetune`` strategy, or ``prompt`` (``tljax.zeroshot``: the causal LM scores
+    each label's verbalizer; ``config.prompt.k_shot`` in-context examples from the cell's label budget)."""
     start: str
     strategy: str
     title: str
     layer_lr_decay: float = 1.0
+    pooling: str = "auto"
 
 
 METHODS = {
@@ -52,7 +55,12 @@ METHODS = {
     "minilm_features": Method("minilm", "features", "MiniLM: frozen features + logreg"),
     "minilm_light": Method("minilm", "light", "MiniLM: light (top 2 layers + head)"),
     "minilm_full": Method("minilm", "full", "MiniLM: full"),
+    "smollm2_last": Method("smollm2", "features", "SmolLM2: last-token features + logreg", pooling="last"),
+    "smollm2_mean": Method("smollm2", "features", "SmolLM2: mean features + logreg", pooling="mean"),
+    "smollm2_lora": Method("smollm2", "lora", "SmolLM2: LoRA (q, v) + head"),
+    "smollm2_prompt": Method("smollm2", "prompt", "SmolLM2: prompting (k-shot from the budget)"),
 }
+DECODER_METHODS = tuple(m for m in METHODS if m.startswith("smollm2"))
 
 CSV_FIELDS = ("method", "start", "strategy", "labels", "num_labeled", "seed", "test_accuracy", "test_macro_f1",
               "forgetting", "trainable_params", "wall_seconds", "best_step", "steps")
@@ -74,6 +82,12 @@ def validate(config) -> None:
     if config.max_epochs <= 0:
         raise config_lib.ConfigError(f"max_epochs={config.max_epochs} must be > 0")
     config_lib.validate_finetune(config.finetune, prefix="finetune.")
+    if any(METHODS[m].strategy == "prompt" for m in config.methods):
+        if "{text}" not in config.prompt.prompt or not config.prompt.verbalizer:
+            raise config_lib.ConfigError("prompt.prompt needs a {text} placeholder and prompt.verbalizer a JSON "
+                                         "object label -> continuation for the prompting method")
+        if int(config.prompt.k_shot) < 0:
+            raise config_lib.ConfigError(f"prompt.k_shot={config.prompt.k_shot} must be >= 0")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -99,6 +113,9 @@ def prepare_starts(config, workdir: Path) -> dict:
     if "minilm" in needed:
         starts["minilm"] = {"init_from": config.minilm.init_from, "wall_seconds": None,
                             "note": "pretrained by its authors (not measured here)"}
+    if "smollm2" in needed:
+        starts["smollm2"] = {"init_from": config.smollm2.init_from, "wall_seconds": None,
+                             "note": "pretrained by its authors (not measured here)"}
     if is_lead_process():
         write_json(_costs_path(workdir), costs)
     return starts
@@ -157,10 +174,16 @@ def cell_config(config, cell: Cell, starts: dict, num_all: int) -> ml_collection
     Steps: at most ``finetune.train.steps``, and no more than ``max_epochs`` passes over the labeled set
     (100 labels do not need 300 steps); at least two evaluations."""
     method = METHODS[cell.method]
+    if method.strategy == "prompt":
+        return prompt_config(config, cell, starts)
     c = ml_collections.ConfigDict(config.finetune.to_dict())
     c.strategy, c.seed, c.layer_lr_decay = method.strategy, cell.seed, method.layer_lr_decay
     # A cell's model/ costs disk (MiniLM: ~90 MB per cell); kept only where the user asks.
     c.save_model = bool(config.get("keep_models", False))
+    if method.pooling != "auto":
+        c.pooling = method.pooling
+    if method.strategy != "lora":  # the adapters' settings belong to LoRA cells only
+        c.lora = finetune_defaults().lora
     c.data.num_labeled = cell.budget
     if method.start == "scratch":
         c.init_from, c.model_like = "none", starts["tljax"]["init_from"]
@@ -173,6 +196,39 @@ def cell_config(config, cell: Cell, starts: dict, num_all: int) -> ml_collection
     c.train.warmup_steps = int(min(c.train.warmup_steps, c.train.steps // 10))
     c.train.checkpoint_every = 0  # an interrupted cell starts over: checkpoints would only cost disk and time
     return c
+
+
+def prompt_config(config, cell: Cell, starts: dict) -> ml_collections.ConfigDict:
+    """The ``tljax.zeroshot`` config of a prompting cell plus the ``model`` and test ``data`` it scores.
+    With ``k_shot`` = 0 no label is used: budget and seed do not enter the config, so every such cell is one
+    result (computed once, copied to the others)."""
+    from tljax.data import labeled as labeled_data
+    from tljax.zeroshot import zeroshot_config
+    train_spec, test_spec = labeled_data.labeled_specs(config.finetune.data)
+    z = zeroshot_config()
+    p = config.prompt
+    z.update(prompt=p.prompt, verbalizer=p.verbalizer, k_shot=int(p.k_shot), normalize=p.normalize,
+             max_len=int(p.max_len), batch_size=int(p.batch_size), limit=int(p.limit),
+             text_field=config.finetune.data.text_field, label_field=config.finetune.data.label_field)
+    if z.k_shot:
+        z.update(train=train_spec, num_labeled=cell.budget, seed=cell.seed)
+    z.model, z.data = starts[METHODS[cell.method].start]["init_from"], test_spec
+    return z
+
+
+def _run_prompt_cell(cfg, cell_dir: Path, num_labeled: int) -> dict:
+    """Score the cell's test set by prompting; its summary gets the fields of a fine-tuning cell's."""
+    from tljax import zeroshot
+    fields = cfg.to_dict()
+    model, data = fields.pop("model"), fields.pop("data")
+    z = ml_collections.ConfigDict(fields)
+    summary = zeroshot.run(z, model, data, cell_dir)
+    summary.update(test_accuracy=summary["accuracy"], test_macro_f1=summary["macro_f1"], num_labeled=num_labeled,
+                   labels_used=summary["k_shot"], trainable_params=0, forgetting=None, best_step=None)
+    if is_lead_process():
+        config_lib.save_config(cfg, cell_dir)
+        write_json(cell_dir / "summary.json", summary)
+    return summary
 
 
 def _read_summary(cell_dir: Path) -> dict | None:
@@ -261,10 +317,21 @@ def _run(config, workdir: Path) -> dict:
                 f"({_eta(pending, seconds_by_method)})")
             if cell_dir.exists():  # a cell interrupted earlier: start it over
                 shutil.rmtree(cell_dir)
-            # No feature cache: a cell's wall seconds must not depend on which cells ran before it.
-            summary = finished[cell] = finetune.run(cfg, cell_dir, feature_cache=False)
+            same = next((c for c in finished if METHODS[c.method].strategy == "prompt" and c.method == cell.method
+                         and not _differences(c.dir(workdir), cfg)), None)
+            if METHODS[cell.method].strategy == "prompt" and same is not None:
+                # zero-shot: the budget and seed do not enter the result; the cell is the earlier one's
+                shutil.copytree(same.dir(workdir), cell_dir)
+                summary = dict(finished[same], num_labeled=cell.budget or num_all)
+                write_json(cell_dir / "summary.json", summary)
+                finished[cell] = summary
+            elif METHODS[cell.method].strategy == "prompt":
+                summary = finished[cell] = _run_prompt_cell(cfg, cell_dir, cell.budget or num_all)
+            else:
+                # No feature cache: a cell's wall seconds must not depend on which cells ran before it.
+                summary = finished[cell] = finetune.run(cfg, cell_dir, feature_cache=False)
             seconds_by_method.setdefault(cell.method, []).append(summary["wall_seconds"])
-        rows.append(_row(cell, summary, cfg.train.steps))
+        rows.append(_row(cell, summary, 0 if METHODS[cell.method].strategy == "prompt" else cfg.train.steps))
         if runs_now:  # after every cell run, so a crash keeps them all; cells finished earlier add no rewrite
             write_results(rows, starts, config, workdir)
 

@@ -22,7 +22,8 @@ import flax.linen as nn
 from flax import traverse_util
 
 from tljax import config as config_lib
-from tljax import classifier, distributed, engine, memory, policy
+from tljax import classifier, distributed, engine, lora, memory, policy
+from tljax import defaults
 from tljax import workdir as workdir_lib
 from tljax import sharding as shd
 from tljax.data import labeled, packing
@@ -243,6 +244,7 @@ def _run(config, workdir: Path, feature_cache: bool) -> dict:
     if config.strategy not in policy.STRATEGIES:
         raise config_lib.ConfigError(f"strategy={config.strategy!r} unknown; use one of {', '.join(policy.STRATEGIES)}")
     policy.parse_rules(config.param_rules)  # a bad rule fails here, before anything is read or written
+    _check_lora_settings(config)
     if config.init_from == "none" and config.strategy != "full":
         raise config_lib.ConfigError("init_from=none is the from-scratch baseline: use strategy=full with it")
     word_vectors = is_word_vectors(config.init_from)
@@ -276,6 +278,9 @@ def _run(config, workdir: Path, feature_cache: bool) -> dict:
             if any(p.startswith("pooler") for p in kept_fresh):
                 log("note: the checkpoint has no pooler; it starts fresh")
         summary["pooling"] = pooling
+        if config.strategy == "lora":  # targets that match no kernel fail before the workdir is claimed
+            lora.plan(jax.eval_shape(lambda r: model.init(r, encoded["train"][0][:1], encoded["train"][1][:1])[
+                "params"], jax.random.key(0)), config.lora.targets)
         resume_allowed = _claim_workdir(config, workdir)
         if config.strategy == "features":
             summary.update(_run_features(config, model, start_params, pre, data, encoded, y, feature_cache))
@@ -292,6 +297,17 @@ def _run(config, workdir: Path, feature_cache: bool) -> dict:
     log(f"test accuracy {summary['test_accuracy']:.4f}, macro-F1 {summary['test_macro_f1']:.4f} "
         f"({config.strategy}, {summary['num_labeled']} labels, {summary['wall_seconds']:.0f}s)")
     return summary
+
+
+def _check_lora_settings(config) -> None:
+    """lora.* settings other than the defaults only mean something with strategy=lora: never ignored silently."""
+    if "lora" not in config or config.strategy == "lora":
+        return
+    default = defaults.finetune_config().lora
+    changed = [k for k in default if config.lora.get(k) != default[k]]
+    if changed:
+        raise config_lib.ConfigError(f"lora.{changed[0]} is set but strategy={config.strategy}: use "
+                                     f"--config.strategy=lora, or drop the lora settings")
 
 
 def _claim_workdir(config, workdir: Path) -> bool:
@@ -361,7 +377,21 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, work
         config.strategy, L, unfrozen_layers=config.unfrozen_layers, layer_lr_decay=config.layer_lr_decay,
         unfreeze_every=config.unfreeze_every)
     ids0, mask0 = encoded["train"][0][:1], encoded["train"][1][:1]
-    run = engine.setup(lambda r: model.init(r, ids0, mask0)["params"], config.train, config.mesh,
+    init_params = lambda r: model.init(r, ids0, mask0)["params"]
+    prepare, merged, scale = None, (lambda p: p), 1.0  # merged: host params -> the plain model params a run keeps
+    if config.strategy == "lora":
+        # Adapters as their own subtree (tljax.lora); the task applies the model to the merged kernels.
+        splits = lora.plan(jax.eval_shape(init_params, jax.random.key(0)), config.lora.targets)
+        scale, rank, dropout = lora.scale_of(config.lora), int(config.lora.rank), float(config.lora.dropout)
+        model_init = init_params
+        init_params = lambda r: {**model_init(r), lora.KEY: lora.init(splits, rank, jax.random.fold_in(r, 7))}
+        adapters = jax.jit(lambda r: lora.init(splits, rank, r))(jax.random.fold_in(jax.random.key(config.seed), 7))
+        start_params = {**start_params, lora.KEY: jax.tree.map(np.asarray, adapters)}
+        prepare = lambda p, r: lora.merge(p, scale, r, dropout)
+        merged = lambda p: lora.merge_host(p, scale)
+        log(f"lora: rank {rank}, alpha {config.lora.alpha:g}, {len(splits)} kernels "
+            f"({', '.join(sorted({'/'.join(p[2:]) for p in splits}))}), {lora.count(start_params):,} adapter parameters")
+    run = engine.setup(init_params, config.train, config.mesh,
                        config.sharding_rules, config.seed, rules=rules, start_params=start_params)
     trainable, frozen = run.counts()
     opt_bytes = run.optimizer_bytes()
@@ -370,9 +400,12 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, work
         log(line)
 
     batch_sharding, vec_sharding = run.batch_sharding(2), run.batch_sharding(1)
-    step_fn = engine.compile_train_step(classify.train_loss(model), run, (batch_sharding, batch_sharding, vec_sharding))
-    # Replicated logits: every process gets every row's predictions, however the batch is split.
-    logits_fn = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, deterministic=True),
+    step_fn = engine.compile_train_step(classify.train_loss(model, prepare), run,
+                                        (batch_sharding, batch_sharding, vec_sharding))
+    # Replicated logits: every process gets every row's predictions, however the batch is split. Params
+    # with adapters (during training) are merged first; the kept ones are merged already.
+    logits_fn = jax.jit(lambda p, i, m: model.apply({"params": lora.merge(p, scale) if lora.KEY in p else p},
+                                                    i, m, deterministic=True),
                         out_shardings=shd.replicated(run.mesh))
     # a: a global batch [B, ...], the same on every process; each transfers only its devices' rows.
     put = lambda a: distributed.global_array(batch_sharding if a.ndim == 2 else vec_sharding, a.shape, a.__getitem__)
@@ -410,9 +443,10 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, work
                            select="accuracy" if has_validation else "", patience=t.patience)
     result = engine.fit(run, step_fn, batch_for, spec, workdir, evaluate=evaluate if has_validation else None,
                         desc=f"finetune {config.strategy}", batch_specs=widest, resume=resume)
-    best_params = result.best_params
+    best_params = merged(result.best_params)  # plain kernels: what prediction, forgetting and export see
+    param_sharding = {k: v for k, v in run.state_sharding.params.items() if k != lora.KEY}
     with shd.mesh_context(run.mesh, run.rules):
-        test_logits = classify.batched_apply(logits_fn, jax.device_put(best_params, run.state_sharding.params),
+        test_logits = classify.batched_apply(logits_fn, jax.device_put(best_params, param_sharding),
                                              *encoded["test"], B * 4, put)
     preds = test_logits.argmax(-1)  # the test set is never empty (read_labeled refuses empty files)
     forgetting = None
@@ -426,6 +460,8 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, work
             "validation_curve": curve, "best_step": result.best_step,
             "best_validation_accuracy": result.best_value if has_validation else 0.0,
             "trainable_params": trainable, "frozen_params": frozen, "optimizer_state_bytes": opt_bytes,
+            **({"lora": {"adapter_params": lora.count(start_params), "kernels": len(splits), "rank": rank,
+                         "alpha": float(config.lora.alpha)}} if config.strategy == "lora" else {}),
             "train_step_compilations": result.compilations, "forgetting": forgetting, "memory": result.memory,
             "steps_this_run": result.steps_this_run,
             "deploy": {"kind": "finetuned", "params": best_params, "test_ids": preds, "batch_size": B * 4,

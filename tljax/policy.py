@@ -9,7 +9,7 @@ rule whose regex matches a leaf (``re.search``) gives it a group and the group's
 - a weight-decay multiplier (biases and LayerNorm parameters never decay).
 
 Leaves no rule matches form the group ``default`` (trainable, multipliers 1). The named transfer
-strategies (``light``, ``full``, ``progressive``, layer-wise decay) are presets that produce such rules;
+strategies (``light``, ``full``, ``progressive``, ``lora``, layer-wise decay) are presets that produce such rules;
 a config adds its own as strings (``param_rules``), which take precedence over the preset::
 
     "encoder/embeddings/.*: frozen"
@@ -29,7 +29,7 @@ import optax
 from flax import traverse_util
 
 NO_DECAY_PATTERN = r"(^|/)(bias|scale|mlm_bias)$"  # biases and LayerNorm parameters
-STRATEGIES = ("features", "light", "full", "progressive")
+STRATEGIES = ("features", "light", "full", "progressive", "lora")
 DEFAULT_GROUP = "default"
 
 
@@ -125,9 +125,12 @@ def strategy_rules(strategy: str, num_layers: int, *, unfrozen_layers: int = 2, 
     progressive: the head trains from step 0 and one more group from the top every ``unfreeze_every``
     steps (ULMFiT gradual unfreezing). layer_lr_decay d (ELECTRA-style): the head and the top layer get the
     base rate, each layer below d times the one above, the embeddings d^L.
+    lora: the adapters (``lora/``) and the classifier head train; everything else is frozen (``lora_rules``).
     """
+    if strategy == "lora":
+        return lora_rules()
     if strategy not in STRATEGIES or strategy == "features":
-        raise PolicyError(f"strategy={strategy!r} has no layer plan; use one of light, full, progressive")
+        raise PolicyError(f"strategy={strategy!r} has no layer plan; use one of light, full, progressive, lora")
     if not 0.0 < layer_lr_decay <= 1.0:
         raise PolicyError(f"layer_lr_decay={layer_lr_decay} must be in (0, 1]")
     if strategy == "light" and not 0 <= unfrozen_layers <= num_layers:
@@ -148,6 +151,19 @@ def strategy_rules(strategy: str, num_layers: int, *, unfrozen_layers: int = 2, 
             plan = GroupPlan(lr_scale=scale)
         rules.append(Rule(patterns[group], group, plan))
     return rules[1:] + rules[:1]  # the catch-all head rule last: first match wins
+
+
+def lora_rules() -> list[Rule]:
+    """The ``lora`` preset: the adapters' subtree (``tljax.lora``) and the classifier head (with pooling=cls
+    the pooler in front of it too: it may start fresh) are trainable; every other leaf (the whole pretrained
+    backbone) is frozen: no update, no optimizer state."""
+    return [Rule(r"^lora/", "adapters", GroupPlan()), Rule(r"^(classifier|pooler)/", "head", GroupPlan()),
+            Rule(".*", "base", GroupPlan(frozen=True))]
+
+
+def frozen_mask(labels, plans: dict[str, GroupPlan]):
+    """Tree of bools like ``labels``: True for leaves of a frozen group (their gradient is never used)."""
+    return jax.tree.map(lambda g: plans[g].frozen, labels)
 
 
 # ----------------------------------------------------------------------------------------------------

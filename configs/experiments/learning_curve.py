@@ -3,11 +3,16 @@
     tljax experiment --config configs/experiments/learning_curve.py --workdir runs/lc              # full grid
     tljax experiment --config configs/experiments/learning_curve.py:quick --workdir runs/lc_quick  # README main job
 
-Full grid: 5 label budgets × 10 methods × 3 seeds = 150 fine-tuning cells, after pretraining the tiny
-tljax BERT and word2vec on the embedded corpus. ``:quick`` keeps 3 budgets (100, 1,000, all) and one
-seed (30 cells), at most 150 fine-tuning steps per cell instead of 300, and trains word2vec for one
-epoch: the three claims are still answered. Measured times
-and results: docs/results.md.
+Full grid: 5 label budgets × 14 methods × 3 seeds = 210 cells, after pretraining the tiny tljax BERT and
+word2vec on the embedded corpus. The four decoder methods use SmolLM2-135M (``hf:smollm2``): last-token and
+mean features + logreg, LoRA (rank 8 on the attention query/value kernels + head), and prompting
+(``prompt``: zero-shot by default, which uses no labels and is computed once and copied to every budget and
+seed; ``--config.prompt.k_shot=4`` draws k in-context examples from each cell's label budget).
+``:quick`` keeps 3 budgets (100, 1,000, all) and one seed, at most 150 fine-tuning steps per cell instead
+of 300, trains word2vec for one epoch, and runs NO decoder method (30 cells): each SmolLM2 method encodes
+every text with a 135M-parameter model, minutes per cell on 2 cores, which would break :quick's ~16 minutes;
+add them with ``--config.methods`` (e.g. the names in ``tljax.experiment.DECODER_METHODS``). The three
+claims are still answered. Measured times and results: docs/results.md, docs/decoders.md.
 
 Any labeled set works: ``--config.finetune.data.train=csv:train.csv
 --config.finetune.data.test=csv:test.csv``; a finished starting point is reused with
@@ -18,7 +23,7 @@ from pathlib import Path
 import ml_collections
 
 from tljax.defaults import finetune_config
-from tljax.experiment import METHODS
+from tljax.experiment import DECODER_METHODS, METHODS
 
 _CONFIGS = Path(__file__).resolve().parents[1]
 
@@ -30,7 +35,8 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.budgets = (100, 1000, 0) if quick else (100, 300, 1000, 3000, 0)  # labeled examples; 0 = all
     c.seeds = (0,) if quick else (0, 1, 2)
-    c.methods = tuple(METHODS)  # see tljax/experiment.py METHODS
+    # see tljax/experiment.py METHODS; :quick runs no decoder (SmolLM2) method: see the docstring
+    c.methods = tuple(m for m in METHODS if not (quick and m in DECODER_METHODS))
     c.max_epochs = 20  # a cell trains for at most this many passes over its labeled set (≤ finetune.train.steps)
     c.keep_models = False  # True: every cell keeps its classifier in cells/<method>/<cell>/model/ (disk)
 
@@ -40,8 +46,15 @@ def get_config(arg=None):
     c.word2vec = ml_collections.ConfigDict(dict(
         init_from="", config=str(_CONFIGS / "word2vec.py"), epochs=1 if quick else 0))  # 0 = the file's
     c.minilm = ml_collections.ConfigDict(dict(init_from="hf:minilm"))
-    # Peak learning rate per starting point (a 22M-parameter pretrained encoder wants a small one).
-    c.lr = ml_collections.ConfigDict(dict(scratch=5e-4, tljax=5e-4, minilm=5e-5))
+    c.smollm2 = ml_collections.ConfigDict(dict(init_from="hf:smollm2"))  # the causal LM of the decoder methods
+    # Peak learning rate per starting point (a 22M-parameter pretrained encoder wants a small one; the
+    # SmolLM2 rate is LoRA's: only the adapters and the head train).
+    c.lr = ml_collections.ConfigDict(dict(scratch=5e-4, tljax=5e-4, minilm=5e-5, smollm2=1e-3))
+    # The prompting method (tljax.zeroshot; labels of Rotten Tomatoes: fresh / rotten).
+    c.prompt = ml_collections.ConfigDict(dict(
+        prompt="Review: {text}\nSentiment:", verbalizer='{"fresh": " positive", "rotten": " negative"}',
+        k_shot=0,  # in-context examples from the cell's label budget (0: zero-shot, no labels used)
+        normalize="sum", max_len=512, batch_size=16, limit=0))
 
     # Every cell: these fine-tuning settings + its method, budget and seed.
     c.finetune = finetune_config()

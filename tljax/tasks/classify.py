@@ -12,12 +12,15 @@ from tljax.models import SequenceClassifier
 PAD_MULTIPLE = 16  # batches are cut to their longest row rounded up to this: few compiled shapes, little padding
 
 
-def train_loss(model: SequenceClassifier):
+def train_loss(model: SequenceClassifier, prepare=None):
     """The engine's loss of a batch (ids [B, T], mask [B, T], labels [B]): (mean cross-entropy [],
-    {"accuracy": []}), dropout on."""
+    {"accuracy": []}), dropout on. prepare(params, rng) -> the model's params (e.g. ``tljax.lora.merge``
+    of adapters into kernels); None: the params as they are."""
 
     def loss_fn(params, batch, rng):
         ids, mask, labels = batch
+        if prepare is not None:
+            params = prepare(params, jax.random.fold_in(rng, 1))
         logits = model.apply({"params": params}, ids, mask, deterministic=False, rngs={"dropout": rng})
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         return loss, {"accuracy": (logits.argmax(-1) == labels).mean()}
