@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).parents[1] / "tljax"
 # The table of docs/architecture.md: top-level module (or package) -> layer.
 LAYERS = {
     1: ("utils", "sharding", "distributed"),
-    2: ("config", "defaults", "policy", "state", "checkpoint", "metrics", "memory", "workdir", "objectives",
+    2: ("config", "defaults", "policy", "lora", "state", "checkpoint", "metrics", "memory", "workdir", "objectives",
         "models", "data"),
     3: ("engine", "tasks", "pretrained", "word2vec"),
     4: ("init_from", "gguf_import", "hf", "classifier"),
