@@ -76,7 +76,7 @@ class Tljax:
         cfg.data.batch_size = TRAIN_BATCH
         self.model, start = finetune.classifier_start(cfg, pre, 2, train_ids[:1], train_mask[:1])
         self.built = finetune.build_gradient(cfg, self.model, start, pre.model.num_layers, train_ids, train_mask)
-        self.mesh_context = shd.mesh_context(self.built.run.mesh, self.built.run.rules)
+        self.mesh_context = lambda: shd.mesh_context(self.built.run.mesh, self.built.run.rules)  # a fresh one per use
         put = self.built.put
         self.batch = put(train_ids), put(train_mask), put(labels)
         self.state = self.built.run.state
@@ -175,7 +175,7 @@ def run(args) -> dict:
     real_tokens = int(pr_mask.sum())
     t0 = time.perf_counter()
     tl = Tljax(pre, tr_ids, tr_mask, labels)
-    with tl.mesh_context:
+    with tl.mesh_context():
         tl.train(2), tl.infer(inf_ids, inf_mask, 1)
         _, tl_logits = tl.predict(pr_ids, pr_mask)
     warm_s = time.perf_counter() - t0
@@ -197,7 +197,7 @@ def run(args) -> dict:
         for fw in (("tljax", "pytorch") if attempt % 2 == 0 else ("pytorch", "tljax")):
             obj = tl if fw == "tljax" else pt
             if fw == "tljax":
-                with tl.mesh_context:
+                with tl.mesh_context():
                     row[f"{fw}_train"] = TRAIN_BATCH * args.steps / tl.train(args.steps)
                     row[f"{fw}_infer"] = INFER_BATCH * args.reps / tl.infer(inf_ids, inf_mask, args.reps)
                     row[f"{fw}_predict"] = len(pr_ids) / tl.predict(pr_ids, pr_mask)[0]

@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     labels = np.arange(TRAIN_BATCH, dtype=np.int32) % 2
     tl = Tljax(pre, ids[:TRAIN_BATCH], mask[:TRAIN_BATCH], labels)
     b = tl.built
-    with tl.mesh_context:
+    with tl.mesh_context():
         train_hlo = b.train_step.lower(tl.state, *tl.batch).compile().as_text()
         inf = b.put(ids), b.put(mask)
         infer_hlo = b.logits_fn.lower(tl.params, *inf).compile().as_text()
