@@ -48,7 +48,7 @@ from tljax import sharding as shd  # noqa: E402
 from tljax.defaults import finetune_config  # noqa: E402
 from tljax.init_from import resolve  # noqa: E402
 from tljax.tasks import classify  # noqa: E402
-from tljax.utils import cache_dir  # noqa: E402
+from tljax.utils import cache_dir, enable_compilation_cache  # noqa: E402
 
 TRAIN_BATCH, INFER_BATCH, LENGTH = 32, 128, 64
 
@@ -164,6 +164,7 @@ def load_average() -> float:
 
 
 def run(args) -> dict:
+    enable_compilation_cache()  # as tljax finetune: a rerun loads the compiled step and evaluation function
     pre = resolve("hf:minilm")
     folder = hf.locate("minilm")
     texts = review_texts(max(args.predict_texts, TRAIN_BATCH, INFER_BATCH))
