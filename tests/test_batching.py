@@ -39,6 +39,12 @@ def test_batched_apply_cuts_padding_without_changing_outputs():
     assert set(seen_lengths) <= {16, 32, 48, 64} and min(seen_lengths) < 64  # short batches ran short
     assert classify.batched_apply(fn, params, ids[:0], mask[:0], batch=8) is None
 
+    # The inference jit (XLA's own dots instead of YNNPACK fusions on CPU) computes the same logits.
+    fast = classify.jit_inference(lambda p, i, m: model.apply({"params": p}, i, m))
+    np.testing.assert_allclose(np.asarray(fast(params, ids, mask)), full, rtol=1e-5, atol=1e-6)
+    if jax.default_backend() == "cpu":
+        assert "ynn_fusion" not in fast.lower(params, ids, mask).compile().as_text()
+
 
 def test_feature_cache_encodes_each_text_once(tmp_path, monkeypatch):
     monkeypatch.setenv("TLJAX_DATA_DIR", str(tmp_path))

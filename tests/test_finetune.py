@@ -63,8 +63,9 @@ def test_strategies_on_a_csv_task(strategy, pretrained_run, csv_task, tmp_path):
     assert saved["test_accuracy"] == summary["test_accuracy"] and saved["num_labeled"] == 40
     assert saved["label_names"] == ["neg", "pos"]
     for key in ("test_macro_f1", "validation_curve", "trainable_params", "frozen_params",
-                "optimizer_state_bytes", "wall_seconds"):
+                "optimizer_state_bytes", "wall_seconds", "compile_seconds"):
         assert key in saved, key
+    assert 0 < saved["compile_seconds"] < saved["wall_seconds"]
     if strategy != "features":
         assert saved["train_step_compilations"] == 1
         f = saved["forgetting"]

@@ -5,6 +5,11 @@ import ml_collections
 
 from tljax.sharding import DEFAULT_RULES
 
+# XLA:CPU options of the inference functions (validation, test, prediction, frozen features; not the train
+# step): no YNNPACK dot fusions, whose large fused dot + LayerNorm + GELU blocks run MiniLM inference ~1.5x
+# slower than XLA's own dots (docs/benchmarks.md). A --xla_cpu_experimental_ynn_fusion_type in XLA_FLAGS wins.
+CPU_INFERENCE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
 
 def pretrain_config(objective: str, kind: str) -> ml_collections.ConfigDict:
     """Defaults for ``tljax pretrain``; ``objective`` "mlm" (with kind "bert") or "clm" (kind "gpt" or

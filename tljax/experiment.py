@@ -29,7 +29,7 @@ from tljax import finetune, pretrain, word2vec
 from tljax.defaults import finetune_config as finetune_defaults
 from tljax.data import labeled
 from tljax import workdir as workdir_lib
-from tljax.utils import cache_dir, is_lead_process, log, write_json
+from tljax.utils import enable_compilation_cache, is_lead_process, log, write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,9 +284,7 @@ def _run(config, workdir: Path) -> dict:
     if is_lead_process():
         config_lib.save_config(config, workdir)
     # Cells of one method and budget compile the same step for every seed: keep compilations on disk.
-    import jax
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    enable_compilation_cache()
     starts = prepare_starts(config, workdir)
     # The size of "all": the training set left after the validation examples are carved out.
     num_all = len(labeled.load_labeled(dict(config.finetune.data, num_labeled=0), 0).train)

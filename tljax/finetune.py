@@ -7,12 +7,14 @@ Resume order for weights: ``init_from`` checkpoint (backbone + pooler) → fresh
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +37,7 @@ from tljax.pretrained import Pretrained, PretrainedError
 from tljax.state import count_params
 from tljax.tasks import classify
 from tljax.tasks import lm as lm_task
-from tljax.utils import cache_dir, is_lead_process, log, write_json
+from tljax.utils import cache_dir, compile_seconds, enable_compilation_cache, is_lead_process, log, write_json
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -87,7 +89,7 @@ def pooling_for(config, kind: str) -> str:
 # ----------------------------------------------------------------------------------------------------
 def features_fn(model: SequenceClassifier):
     """The jitted ``(params, ids [B, T], mask [B, T]) -> pooled features [B, H]`` of a frozen encoder."""
-    return jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, method=SequenceClassifier.features))
+    return classify.jit_inference(lambda p, i, m: model.apply({"params": p}, i, m, method=SequenceClassifier.features))
 
 
 def extract_features(fn, params, ids: np.ndarray, mask: np.ndarray, hidden: int, batch: int = 128) -> np.ndarray:
@@ -171,6 +173,81 @@ def fit_probe(cfg, features: dict, labels: dict, seed: int) -> dict:
 # ----------------------------------------------------------------------------------------------------
 # (3) Gradient-based fine-tuning
 # ----------------------------------------------------------------------------------------------------
+def classifier_start(config, pre: Pretrained, num_classes: int, ids: np.ndarray, mask: np.ndarray
+                     ) -> tuple[SequenceClassifier, dict]:
+    """The classifier of ``config`` on ``pre``'s encoder and its starting parameters (host arrays): the
+    checkpoint's backbone (and pooler if it has one) with a fresh head. ids / mask [b, T]: example rows."""
+    model = SequenceClassifier(pre.model, num_classes, pooling=pooling_for(config, pre.model.kind),
+                               head_dropout=config.head_dropout)
+    # Jitted: an eager init dispatches every initializer op by op (seconds per run).
+    fresh = jax.jit(model.init)(jax.random.key(config.seed), ids, mask)["params"]
+    fresh = jax.tree.map(np.asarray, nn.meta.unbox(fresh))
+    if pre.params is None:
+        return model, fresh
+    start_params, kept_fresh = merge_pretrained(fresh, pre.params)
+    if any(p.startswith("pooler") for p in kept_fresh):
+        log("note: the checkpoint has no pooler; it starts fresh")
+    return model, start_params
+
+
+@dataclasses.dataclass
+class GradientTraining:
+    """What a gradient strategy trains with. run: the engine's Setup (state, policy, mesh). train_step:
+    ``(state, ids [B, t], mask [B, t], labels [B]) -> (state, metrics)``, jitted, state donated.
+    logits_fn: ``(params, ids [b, t], mask [b, t]) -> logits [b, C]`` (deterministic, replicated output), the
+    one compiled function of validation, test and prediction. put: a global host batch -> its sharded array."""
+
+    run: engine.Setup
+    train_step: Callable
+    logits_fn: Callable
+    put: Callable[[np.ndarray], jax.Array]
+    # start_params: what training starts from (with LoRA: plus the adapters). merged: host params -> the
+    # plain model params a run keeps (LoRA: adapters merged into their kernels). lora: summary entry or None.
+    start_params: dict = None
+    merged: Callable = lambda p: p
+    lora: dict | None = None
+
+
+def build_gradient(config, model: SequenceClassifier, start_params: dict, num_layers: int,
+                   ids: np.ndarray, mask: np.ndarray) -> GradientTraining:
+    """The engine setup, train step and evaluation function of a gradient strategy (``full``, ``light``,
+    ``progressive``, ``lora``): the strategy's preset plus the config's own ``param_rules`` (first match
+    wins) as the parameter policy. ids / mask [b, T]: example rows (shapes only)."""
+    rules = policy.parse_rules(config.param_rules) + policy.strategy_rules(
+        config.strategy, num_layers, unfrozen_layers=config.unfrozen_layers, layer_lr_decay=config.layer_lr_decay,
+        unfreeze_every=config.unfreeze_every)
+    ids0, mask0 = ids[:1], mask[:1]
+    init_params = lambda r: model.init(r, ids0, mask0)["params"]
+    prepare, merged, scale, lora_summary = None, (lambda p: p), 1.0, None
+    if config.strategy == "lora":
+        # Adapters as their own subtree (tljax.lora); the task applies the model to the merged kernels.
+        splits = lora.plan(jax.eval_shape(init_params, jax.random.key(0)), config.lora.targets)
+        scale, rank, dropout = lora.scale_of(config.lora), int(config.lora.rank), float(config.lora.dropout)
+        model_init = init_params
+        init_params = lambda r: {**model_init(r), lora.KEY: lora.init(splits, rank, jax.random.fold_in(r, 7))}
+        adapters = jax.jit(lambda r: lora.init(splits, rank, r))(jax.random.fold_in(jax.random.key(config.seed), 7))
+        start_params = {**start_params, lora.KEY: jax.tree.map(np.asarray, adapters)}
+        prepare = lambda p, r: lora.merge(p, scale, r, dropout)
+        merged = lambda p: lora.merge_host(p, scale)
+        lora_summary = {"adapter_params": lora.count(start_params), "kernels": len(splits), "rank": rank,
+                        "alpha": float(config.lora.alpha)}
+        log(f"lora: rank {rank}, alpha {config.lora.alpha:g}, {len(splits)} kernels "
+            f"({', '.join(sorted({'/'.join(p[2:]) for p in splits}))}), {lora.count(start_params):,} adapter parameters")
+    run = engine.setup(init_params, config.train, config.mesh, config.sharding_rules, config.seed, rules=rules,
+                       start_params=start_params)
+    batch_sharding, vec_sharding = run.batch_sharding(2), run.batch_sharding(1)
+    step_fn = engine.compile_train_step(classify.train_loss(model, prepare), run,
+                                        (batch_sharding, batch_sharding, vec_sharding))
+    # Replicated logits: every process gets every row's predictions, however the batch is split. Params
+    # with adapters (during training) are merged first; the kept ones are merged already.
+    logits_fn = classify.jit_inference(
+        lambda p, i, m: model.apply({"params": lora.merge(p, scale) if lora.KEY in p else p}, i, m, deterministic=True),
+        out_shardings=shd.replicated(run.mesh))
+    # a: a global batch [B, ...], the same on every process; each transfers only its devices' rows.
+    put = lambda a: distributed.global_array(batch_sharding if a.ndim == 2 else vec_sharding, a.shape, a.__getitem__)
+    return GradientTraining(run, step_fn, logits_fn, put, start_params, merged, lora_summary)
+
+
 # ----------------------------------------------------------------------------------------------------
 # (4) Forgetting
 # ----------------------------------------------------------------------------------------------------
@@ -239,7 +316,9 @@ def run(config, workdir: str | Path, feature_cache: bool = True) -> dict:
 
 
 def _run(config, workdir: Path, feature_cache: bool) -> dict:
-    t_start = time.time()
+    t_start, compile_start = time.time(), compile_seconds()
+    # A model's shapes compile once across runs (budgets, seeds, reruns): compilations stay on disk.
+    enable_compilation_cache()
     workdir = Path(workdir)
     if config.strategy not in policy.STRATEGIES:
         raise config_lib.ConfigError(f"strategy={config.strategy!r} unknown; use one of {', '.join(policy.STRATEGIES)}")
@@ -265,18 +344,9 @@ def _run(config, workdir: Path, feature_cache: bool) -> dict:
         summary.update(pooling="mean of word vectors", **_run_word_vectors(config, data, y))
     else:
         pooling = pooling_for(config, pre.model.kind)
-        model = SequenceClassifier(pre.model, num_classes, pooling=pooling, head_dropout=config.head_dropout)
         encoded = {name: classify.encode_texts(pre.tokenizer, getattr(data, name).texts, config.data.max_len)
                    for name in ("train", "validation", "test")}
-        # Jitted: an eager init dispatches every initializer op by op (seconds per run).
-        fresh = jax.jit(model.init)(jax.random.key(config.seed), encoded["train"][0][:1],
-                                    encoded["train"][1][:1])["params"]
-        fresh = jax.tree.map(np.asarray, nn.meta.unbox(fresh))
-        start_params = fresh
-        if pre.params is not None:
-            start_params, kept_fresh = merge_pretrained(fresh, pre.params)
-            if any(p.startswith("pooler") for p in kept_fresh):
-                log("note: the checkpoint has no pooler; it starts fresh")
+        model, start_params = classifier_start(config, pre, num_classes, *(a[:1] for a in encoded["train"]))
         summary["pooling"] = pooling
         if config.strategy == "lora":  # targets that match no kernel fail before the workdir is claimed
             lora.plan(jax.eval_shape(lambda r: model.init(r, encoded["train"][0][:1], encoded["train"][1][:1])[
@@ -290,6 +360,7 @@ def _run(config, workdir: Path, feature_cache: bool) -> dict:
     summary["test_macro_f1"] = classify.macro_f1(y["test"], summary.pop("test_predictions"), num_classes)
     deploy = summary.pop("deploy")
     summary["wall_seconds"] = time.time() - t_start
+    summary["compile_seconds"] = compile_seconds() - compile_start
     if is_lead_process():
         # predictions.csv and (config.save_model) model/ before summary.json, which marks a finished run
         classifier.save_run_outputs(workdir, config, data, pre, summary["pooling"], deploy)
@@ -370,48 +441,20 @@ def _run_features(config, model, params, pre: Pretrained, data, encoded, y, use_
 
 
 def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, workdir, resume_allowed) -> dict:
-    """Fine-tune on the engine: the strategy's preset plus the config's own ``param_rules`` (first match
-    wins) as the parameter policy; best-by-validation selection, early stopping, checkpoints and resume."""
-    L = pre.model.num_layers
-    rules = policy.parse_rules(config.param_rules) + policy.strategy_rules(
-        config.strategy, L, unfrozen_layers=config.unfrozen_layers, layer_lr_decay=config.layer_lr_decay,
-        unfreeze_every=config.unfreeze_every)
-    ids0, mask0 = encoded["train"][0][:1], encoded["train"][1][:1]
-    init_params = lambda r: model.init(r, ids0, mask0)["params"]
-    prepare, merged, scale = None, (lambda p: p), 1.0  # merged: host params -> the plain model params a run keeps
-    if config.strategy == "lora":
-        # Adapters as their own subtree (tljax.lora); the task applies the model to the merged kernels.
-        splits = lora.plan(jax.eval_shape(init_params, jax.random.key(0)), config.lora.targets)
-        scale, rank, dropout = lora.scale_of(config.lora), int(config.lora.rank), float(config.lora.dropout)
-        model_init = init_params
-        init_params = lambda r: {**model_init(r), lora.KEY: lora.init(splits, rank, jax.random.fold_in(r, 7))}
-        adapters = jax.jit(lambda r: lora.init(splits, rank, r))(jax.random.fold_in(jax.random.key(config.seed), 7))
-        start_params = {**start_params, lora.KEY: jax.tree.map(np.asarray, adapters)}
-        prepare = lambda p, r: lora.merge(p, scale, r, dropout)
-        merged = lambda p: lora.merge_host(p, scale)
-        log(f"lora: rank {rank}, alpha {config.lora.alpha:g}, {len(splits)} kernels "
-            f"({', '.join(sorted({'/'.join(p[2:]) for p in splits}))}), {lora.count(start_params):,} adapter parameters")
-    run = engine.setup(init_params, config.train, config.mesh,
-                       config.sharding_rules, config.seed, rules=rules, start_params=start_params)
+    """Fine-tune on the engine (``build_gradient``): best-by-validation selection, early stopping,
+    checkpoints and resume."""
+    ids_tr, mask_tr = encoded["train"]
+    built = build_gradient(config, model, start_params, pre.model.num_layers, ids_tr, mask_tr)
+    run, step_fn, logits_fn, put = built.run, built.train_step, built.logits_fn, built.put
+    start_params, merged = built.start_params, built.merged
     trainable, frozen = run.counts()
     opt_bytes = run.optimizer_bytes()
     log(f"{trainable:,} trainable / {frozen:,} frozen parameters; optimizer state {opt_bytes / 1e6:.2f} MB")
     for line in policy.describe(start_params, run.labels, run.plans):
         log(line)
-
     batch_sharding, vec_sharding = run.batch_sharding(2), run.batch_sharding(1)
-    step_fn = engine.compile_train_step(classify.train_loss(model, prepare), run,
-                                        (batch_sharding, batch_sharding, vec_sharding))
-    # Replicated logits: every process gets every row's predictions, however the batch is split. Params
-    # with adapters (during training) are merged first; the kept ones are merged already.
-    logits_fn = jax.jit(lambda p, i, m: model.apply({"params": lora.merge(p, scale) if lora.KEY in p else p},
-                                                    i, m, deterministic=True),
-                        out_shardings=shd.replicated(run.mesh))
-    # a: a global batch [B, ...], the same on every process; each transfers only its devices' rows.
-    put = lambda a: distributed.global_array(batch_sharding if a.ndim == 2 else vec_sharding, a.shape, a.__getitem__)
     B = config.data.batch_size
     order = packing.PackedBatches(np.arange(len(y["train"]))[:, None], B, config.seed)
-    ids_tr, mask_tr = encoded["train"]
 
     def batch_for(s: int):
         idx = order.local_batch(s)[:, 0]
@@ -460,8 +503,7 @@ def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, work
             "validation_curve": curve, "best_step": result.best_step,
             "best_validation_accuracy": result.best_value if has_validation else 0.0,
             "trainable_params": trainable, "frozen_params": frozen, "optimizer_state_bytes": opt_bytes,
-            **({"lora": {"adapter_params": lora.count(start_params), "kernels": len(splits), "rank": rank,
-                         "alpha": float(config.lora.alpha)}} if config.strategy == "lora" else {}),
+            **({"lora": built.lora} if built.lora else {}),
             "train_step_compilations": result.compilations, "forgetting": forgetting, "memory": result.memory,
             "steps_this_run": result.steps_this_run,
             "deploy": {"kind": "finetuned", "params": best_params, "test_ids": preds, "batch_size": B * 4,

@@ -2,11 +2,14 @@
 batched inference over whole splits, cut to each batch's longest text."""
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 import optax
 from sklearn.metrics import f1_score
 
+from tljax.defaults import CPU_INFERENCE_COMPILER_OPTIONS
 from tljax.models import SequenceClassifier
 
 PAD_MULTIPLE = 16  # batches are cut to their longest row rounded up to this: few compiled shapes, little padding
@@ -37,6 +40,14 @@ def encode_texts(tokenizer, texts: list[str], max_len: int) -> tuple[np.ndarray,
 def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
     """Macro-averaged F1 of label ids [N] against predictions [N] over all ``num_classes`` classes."""
     return float(f1_score(labels, predictions, labels=list(range(num_classes)), average="macro", zero_division=0))
+def jit_inference(fn, **jit_kwargs):
+    """``jax.jit(fn, **jit_kwargs)`` compiled with ``defaults.CPU_INFERENCE_COMPILER_OPTIONS`` on the CPU
+    backend (unless XLA_FLAGS sets the same option): the jit of every batched inference function."""
+    options = None
+    if jax.default_backend() == "cpu":
+        flags = os.environ.get("XLA_FLAGS", "")
+        options = {k: v for k, v in CPU_INFERENCE_COMPILER_OPTIONS.items() if k not in flags} or None
+    return jax.jit(fn, compiler_options=options, **jit_kwargs)
 
 
 def trimmed_length(mask: np.ndarray) -> int:
