@@ -18,7 +18,7 @@ from pathlib import Path
 import ml_collections
 
 from tljax.defaults import finetune_config
-from tljax.experiment import METHODS
+from tljax.experiment import DEFAULT_METHODS
 
 _CONFIGS = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.budgets = (100, 1000, 0) if quick else (100, 300, 1000, 3000, 0)  # labeled examples; 0 = all
     c.seeds = (0,) if quick else (0, 1, 2)
-    c.methods = tuple(METHODS)  # see tljax/experiment.py METHODS
+    c.methods = DEFAULT_METHODS  # see tljax/experiment.py METHODS (the few-shot recipes are opt-in)
     c.max_epochs = 20  # a cell trains for at most this many passes over its labeled set (≤ finetune.train.steps)
 
     # Starting points. "" = make it here (pretrain / train into the workdir, reused on re-runs).
@@ -40,7 +40,8 @@ def get_config(arg=None):
         init_from="", config=str(_CONFIGS / "word2vec.py"), epochs=1 if quick else 0))  # 0 = the file's
     c.minilm = ml_collections.ConfigDict(dict(init_from="hf:minilm"))
     # Peak learning rate per starting point (a 22M-parameter pretrained encoder wants a small one).
-    c.lr = ml_collections.ConfigDict(dict(scratch=5e-4, tljax=5e-4, minilm=5e-5))
+    # lpft: the fine-tuning stage of LP-FT (a small rate keeps the probe's head from being distorted).
+    c.lr = ml_collections.ConfigDict(dict(scratch=5e-4, tljax=5e-4, minilm=5e-5, lpft=1e-5))
 
     # Every cell: these fine-tuning settings + its method, budget and seed.
     c.finetune = finetune_config()
