@@ -530,7 +530,7 @@ def _train_setfit_body(config, model, start_params, encoded, y, data, workdir, r
 
     def batch_for(s: int):
         rows = pairs[order.local_batch(s)[:, 0]]
-        every = pairs[order.indices(s)[:, 0]]
+        every = pairs[order.indices(s)]
         cols = classify.trimmed_length(np.concatenate([mask[every[:, 0]], mask[every[:, 1]]]))
         return (put(ids[rows[:, 0], :cols]), put(mask[rows[:, 0], :cols]), put(ids[rows[:, 1], :cols]),
                 put(mask[rows[:, 1], :cols]), put(rows[:, 2].astype(np.float32)))
