@@ -230,3 +230,26 @@ def test_self_training_keeps_confident_balanced_pseudo_labels():
     ref = make_pipeline(StandardScaler(), LogisticRegression(C=1.0)).fit(
         np.concatenate([x, pool[keep]]), np.concatenate([y, proba.argmax(1)[keep]]))
     np.testing.assert_allclose(new.decision_function(pool), ref.decision_function(pool), rtol=1e-6)
+
+
+def test_experiment_cells_of_the_recipes():
+    """The learning-curve grid runs the recipes as methods, each under the budget rule."""
+    from tljax import experiment
+    spec = importlib.util.spec_from_file_location(
+        "learning_curve", pathlib.Path(__file__).parents[1] / "configs" / "experiments" / "learning_curve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    assert not set(config.methods) & {"minilm_lpft", "minilm_setfit"}  # opt-in
+    starts = {"minilm": {"init_from": "hf:minilm"}}
+    cells = {m: experiment.cell_config(config, experiment.Cell(m, 100, 3), starts, 9956)
+             for m in ("minilm_lpft", "minilm_setfit", "minilm_self_training", "minilm_setfit_st", "minilm_full")}
+    assert (cells["minilm_lpft"].recipe, cells["minilm_lpft"].train.lr) == ("lpft", 1e-5)
+    assert (cells["minilm_setfit"].recipe, cells["minilm_setfit"].train.lr) == ("setfit", 2e-5)
+    assert cells["minilm_self_training"].strategy == "features" and cells["minilm_self_training"].self_training.rounds == 2
+    assert cells["minilm_setfit_st"].self_training.rounds == 2 and cells["minilm_full"].recipe == ""
+    for c in cells.values():
+        assert c.data.num_labeled == 100 and "num_validation" not in c.data and c.seed == 3
+        experiment.config_lib.validate_finetune(c)
+    # 20 epochs over the 80 training examples of a 100-label budget (20 are the validation carve-out).
+    assert cells["minilm_full"].train.steps == 100

@@ -56,9 +56,8 @@ def finetune_config() -> ml_collections.ConfigDict:
     c.init_from = ""  # pretraining workdir / its checkpoints/ / a step folder, or "none"
     c.model_like = ""  # with init_from=none: the run whose architecture and tokenizer to use
     c.strategy = "full"  # features | light | full | progressive
-    # Few-shot recipe on top of the strategy (docs/transfer.md): "" = the strategy alone | lpft (probe, then
-    # fine-tune from the probe's head) | setfit (contrastive body tuning on pairs, then a logreg head)
-    c.recipe = ""
+    # Few-shot recipes: docs/transfer.md "Few-shot recipes".
+    c.recipe = ""  # "" = the strategy alone | lpft (probe, then fine-tune from its head) | setfit (pairs + logreg head)
     c.setfit = ml_collections.ConfigDict(dict(
         pair_iterations=20))  # setfit: pairs per labeled example = 2 x this (one same-label, one other-label)
     c.self_training = ml_collections.ConfigDict(dict(

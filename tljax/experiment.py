@@ -189,8 +189,8 @@ def cell_config(config, cell: Cell, starts: dict, num_all: int) -> ml_collection
         c.init_from = starts[method.start]["init_from"]
     c.train.lr = float(config.lr[method.start]) if method.start in config.lr else c.train.lr
     n = cell.budget or num_all
-    if method.recipe == "lpft":
-        c.train.lr = float(config.lr.get("lpft", c.train.lr))
+    if method.recipe in ("lpft", "setfit"):  # each recipe has its own rate (LP-FT: small; SetFit: its body rate)
+        c.train.lr = float(config.lr.get(method.recipe, c.train.lr))
     # Epochs count passes over the training part of the budget (the validation carve-out does not train).
     n = max(1, n - int(round(n * c.data.validation_fraction)))
     by_epochs = math.ceil(config.max_epochs * n / c.data.batch_size)
@@ -221,7 +221,7 @@ def _row(cell: Cell, summary: dict, steps: int) -> dict:
             "test_accuracy": summary["test_accuracy"], "test_macro_f1": summary["test_macro_f1"],
             "forgetting": "" if forgetting is None else forgetting,
             "trainable_params": summary["trainable_params"], "wall_seconds": summary["wall_seconds"],
-            "best_step": summary.get("best_step") or "", "steps": steps}
+            "best_step": summary.get("best_step") or "", "steps": summary.get("setfit_steps", steps)}
 
 
 def _format_seconds(s: float) -> str:

@@ -40,8 +40,8 @@ def get_config(arg=None):
         init_from="", config=str(_CONFIGS / "word2vec.py"), epochs=1 if quick else 0))  # 0 = the file's
     c.minilm = ml_collections.ConfigDict(dict(init_from="hf:minilm"))
     # Peak learning rate per starting point (a 22M-parameter pretrained encoder wants a small one).
-    # lpft: the fine-tuning stage of LP-FT (a small rate keeps the probe's head from being distorted).
-    c.lr = ml_collections.ConfigDict(dict(scratch=5e-4, tljax=5e-4, minilm=5e-5, lpft=1e-5))
+    # lpft: LP-FT's fine-tuning stage (a small rate keeps the probe's head); setfit: the pair-tuning stage.
+    c.lr = ml_collections.ConfigDict(dict(scratch=5e-4, tljax=5e-4, minilm=5e-5, lpft=1e-5, setfit=2e-5))
 
     # Every cell: these fine-tuning settings + its method, budget and seed.
     c.finetune = finetune_config()

@@ -1,0 +1,23 @@
+"""The recommended recipe for a user with about 100 labels: SetFit-style contrastive body tuning + a
+logistic-regression head (``recipe=setfit``), with no validation needed (a fixed schedule: the whole label
+budget trains; the head's C is chosen by 5-fold cross-validation inside the budget).
+
+    tljax finetune --config configs/finetune_fewshot.py --workdir runs/my_fewshot \\
+        --config.init_from=hf:minilm --config.data.name= \\
+        --config.data.train=csv:train.csv --config.data.test=csv:test.csv
+
+MEASURED_PLACEHOLDER
+"""
+from tljax.defaults import finetune_config
+
+
+def get_config(arg=None):
+    c = finetune_config()
+    c.recipe = "setfit"
+    c.strategy = "full"  # the whole encoder tunes on the pairs
+    c.pooling = "mean"  # sentence encoders (MiniLM) are trained for mean pooling
+    c.setfit.pair_iterations = 20  # 2 x 20 pairs per labeled example, as SetFit's default
+    c.train.update(lr=2e-5, weight_decay=0.01, log_every=25, checkpoint_every=100)  # SetFit's body rate
+    c.data.update(num_labeled=0, max_len=64, batch_size=16)  # every label of data.train, validation included
+    c.forgetting.enabled = False  # MiniLM has no pretrained LM head to measure
+    return c
