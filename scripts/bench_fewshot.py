@@ -45,8 +45,9 @@ def _fewshot_config():
     return module.get_config()
 
 
-def run_tljax(method: str, budget: int, seed: int, workdir: Path) -> dict:
-    """One tljax finetune run; returns {"accuracy", "seconds", "labels_used"}."""
+def run_tljax(method: str, budget: int, seed: int, workdir: Path, iterations: int, max_length: int) -> dict:
+    """One tljax finetune run; returns {"accuracy", "seconds", "labels_used"}. iterations: pair iterations of
+    the setfit recipes (the same as SetFit's); max_length: tokens per text."""
     from tljax import finetune
     c = _fewshot_config()
     for key, value in TLJAX_METHODS[method][1].items():
@@ -55,14 +56,15 @@ def run_tljax(method: str, budget: int, seed: int, workdir: Path) -> dict:
         else:
             c[key] = value
     c.init_from, c.seed = "hf:minilm", seed
-    c.data.num_labeled = budget
+    c.data.update(num_labeled=budget, max_len=max_length)
+    c.setfit.pair_iterations = iterations
     c.train.checkpoint_every = 0
     t0 = time.time()
     summary = finetune.run(c, workdir / f"{method}_s{seed}", feature_cache=False)
     return {"accuracy": summary["test_accuracy"], "seconds": time.time() - t0, "labels_used": summary["labels_used"]}
 
 
-def run_setfit(budget: int, seed: int, iterations: int, max_length: int) -> dict:
+def run_setfit(budget: int, seed: int, iterations: int, max_length: int, output_dir: Path) -> dict:
     """SetFit on the same BUDGET examples (train + tljax's validation carve-out: all of them train)."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer
@@ -76,7 +78,8 @@ def run_setfit(budget: int, seed: int, iterations: int, max_length: int) -> dict
     t0 = time.time()
     body = SentenceTransformer(str(fetch_minilm()), device="cpu")
     model = SetFitModel(model_body=body, model_head=LogisticRegression())
-    args = TrainingArguments(num_iterations=iterations, max_length=max_length, seed=seed, report_to="none")
+    args = TrainingArguments(output_dir=str(output_dir), num_iterations=iterations, max_length=max_length,
+                             seed=seed, report_to="none")
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts, "label": labels}))
     trainer.train()
     preds = np.asarray(model.predict(data.test.texts, batch_size=64))
@@ -90,7 +93,8 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--methods", nargs="+", default=["setfit_peer", *TLJAX_METHODS],
                     help=f"setfit_peer and any of {', '.join(TLJAX_METHODS)}")
-    ap.add_argument("--iterations", type=int, default=20, help="SetFit's num_iterations (pairs per example / 2)")
+    ap.add_argument("--iterations", type=int, default=20,
+                    help="pair iterations (pairs per example / 2) of SetFit and of tljax's setfit recipes")
     ap.add_argument("--max_length", type=int, default=64)
     ap.add_argument("--json", default="", help="write every run's result here (re-runs skip the runs it holds)")
     ap.add_argument("--workdir", default="", help="where tljax runs write (default: a temporary folder)")
@@ -103,15 +107,16 @@ def main():
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_fewshot_"))
     for seed in args.seeds:
         for m in args.methods:
-            key = f"{m}/{args.budget}/{seed}"
+            key = f"{m}/{args.budget}/{seed}/it{args.iterations}"
             if key in results:
                 continue
             if m == "setfit_peer":
                 import torch
                 torch.manual_seed(seed)
-                results[key] = run_setfit(args.budget, seed, args.iterations, args.max_length)
+                results[key] = run_setfit(args.budget, seed, args.iterations, args.max_length,
+                                          workdir / f"setfit_peer_s{seed}")
             else:
-                results[key] = run_tljax(m, args.budget, seed, workdir)
+                results[key] = run_tljax(m, args.budget, seed, workdir, args.iterations, args.max_length)
             r = results[key]
             print(f"{m} seed {seed}: accuracy {r['accuracy']:.4f}, {r['seconds']:.0f} s, {r['labels_used']} labels",
                   flush=True)
@@ -122,9 +127,12 @@ def main():
               **{k: v[0] for k, v in TLJAX_METHODS.items()}}
     print(f"\n{args.budget} labels (validation and model selection inside the budget; no extra labels), "
           f"seeds {args.seeds}, Rotten Tomatoes test (1,188)\n")
-    print("| method | test accuracy | wall s per run |\n| --- | ---: | ---: |")
+    print(f"| method ({len(args.seeds)} seed(s)) | test accuracy | wall s per run |\n| --- | ---: | ---: |")
     for m in args.methods:
-        rs = [results[f"{m}/{args.budget}/{s}"] for s in args.seeds if f"{m}/{args.budget}/{s}" in results]
+        keys = [f"{m}/{args.budget}/{s}/it{args.iterations}" for s in args.seeds]
+        rs = [results[k] for k in keys if k in results]
+        if not rs:
+            continue
         acc = np.array([r["accuracy"] for r in rs])
         std = f" ± {acc.std(ddof=1):.3f}" if len(acc) > 1 else ""
         print(f"| {titles[m]} | {acc.mean():.3f}{std} | {np.mean([r['seconds'] for r in rs]):.0f} |")

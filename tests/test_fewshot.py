@@ -88,13 +88,13 @@ def test_word_vectors_obey_the_budget(csv_task, tmp_path):
     lines = [f"{len(words)} 8"] + [w + " " + " ".join(f"{v:.5f}" for v in rng.normal(size=8)) for w in words]
     (tmp_path / "vectors.txt").write_text("\n".join(lines) + "\n")
     summary = finetune.run(ft_config(tmp_path, csv_task, "features"), tmp_path / "run")
-    assert summary["labels_used"] == 30 and summary["num_labeled"] == 24  # 6 carved out for validation
+    assert summary["labels_used"] == 30 and summary["num_labeled"] == 30  # C by CV: the probe trains on all 30
 
 
 def test_explicit_validation_is_counted_and_old_configs_fail(pretrained_run, csv_task, tmp_path):
     c = ft_config(pretrained_run, csv_task, "features", **{"data.validation": f"csv:{csv_task}/test.csv"})
     summary = finetune.run(c, tmp_path / "extra")
-    assert summary["labels_used"] == 30 + 60 and summary["num_labeled"] == 30
+    assert summary["labels_used"] == 30 + 60 and summary["num_labeled"] == 30 and summary["num_validation"] == 60
     assert summary["validation_source"] == f"csv:{csv_task}/test.csv"
     old = ft_config(pretrained_run, csv_task, "features")
     old.data.num_validation = 500

@@ -222,7 +222,8 @@ def fit_probe(cfg, features: dict, labels: dict, seed: int, extra_validation: bo
     if cfg.get("self_training", {}).get("rounds", 0):
         model, rounds = self_train(cfg, model, x, y, unlabeled, seed)
     return {"test_predictions": model.predict(features["test"]), "validation_curve": curve, "best_C": c,
-            "probe_parameters": probe_parameters(model), "self_training": rounds, "model": model}
+            "probe_parameters": probe_parameters(model), "self_training": rounds, "model": model,
+            "trained_on": int(len(y))}
 
 
 def self_train(cfg, model, x: np.ndarray, y: np.ndarray, unlabeled: np.ndarray | None, seed: int):
@@ -414,7 +415,8 @@ def _run(config, workdir: Path, feature_cache: bool) -> dict:
     if is_lead_process():
         write_json(workdir / "summary.json", summary)
     log(f"test accuracy {summary['test_accuracy']:.4f}, macro-F1 {summary['test_macro_f1']:.4f} "
-        f"({config.strategy}, {summary['num_labeled']} labels, {summary['wall_seconds']:.0f}s)")
+        f"({config.strategy}{', ' + recipe if recipe else ''}, {summary['labels_used']} labels in all, "
+        f"{summary['wall_seconds']:.0f}s)")
     return summary
 
 
@@ -446,7 +448,10 @@ def _probe_summary(probe: dict, y, frozen_params: int) -> dict:
     return {"test_accuracy": float((preds == y["test"]).mean()), "test_predictions": preds,
             "validation_curve": probe["validation_curve"], "best_C": probe["best_C"],
             "trainable_params": probe["probe_parameters"], "frozen_params": frozen_params,
-            "optimizer_state_bytes": 0, "forgetting": None, "self_training": probe["self_training"]}
+            "optimizer_state_bytes": 0, "forgetting": None, "self_training": probe["self_training"],
+            # With CV the probe trains on the whole budget: nothing was held out for validation.
+            "num_labeled": probe["trained_on"], "num_validation": int(len(y["train"]) + len(y["validation"])
+                                                                     - probe["trained_on"])}
 
 
 def _run_word_vectors(config, data, y) -> dict:
