@@ -41,7 +41,7 @@ def fine_tune(workdir: Path, steps: int) -> None:
     from tljax.defaults import finetune_config
     c = finetune_config()
     c.update(init_from="hf:minilm", strategy="full", pooling="cls")
-    c.data.update(name="rotten_tomatoes", num_labeled=steps * 16, num_validation=200, max_len=64, batch_size=16)
+    c.data.update(name="rotten_tomatoes", num_labeled=steps * 20, validation_fraction=0.2, max_len=64, batch_size=16)
     c.train.update(steps=steps, lr=5e-5, warmup_steps=max(1, steps // 10), eval_every=max(1, steps // 2),
                    log_every=max(1, steps // 2))
     c.forgetting.enabled = False

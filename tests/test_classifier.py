@@ -62,7 +62,7 @@ def ft_config(init_from, task, strategy, **kw):
     c = finetune_config()
     c.init_from, c.strategy = str(init_from), strategy
     c.data.update(name="", train=f"csv:{task}/train.csv", test=f"csv:{task}/test.csv", text_field="sentence",
-                  label_field="sentiment", num_labeled=40, num_validation=30, max_len=16, batch_size=8)
+                  label_field="sentiment", num_labeled=70, validation_fraction=0.43, max_len=16, batch_size=8)
     c.train.update(steps=40, lr=3e-3, warmup_steps=4, eval_every=10, log_every=10)
     c.mesh.shape = (1, 1, 1)
     c.forgetting.enabled = False

@@ -49,8 +49,8 @@ def task(tmp_path_factory):
 def finetune_args(run, task, workdir, *extra):
     return ["finetune", "--config", str(ROOT / "configs" / "finetune_classify.py"), "--workdir", str(workdir),
             f"--config.init_from={run}", "--config.data.name=", f"--config.data.train=csv:{task}/train.csv",
-            f"--config.data.test=csv:{task}/test.csv", "--config.data.num_labeled=60",
-            "--config.data.num_validation=40", "--config.data.max_len=16", "--config.data.batch_size=8",
+            f"--config.data.test=csv:{task}/test.csv", "--config.data.num_labeled=100",
+            "--config.data.validation_fraction=0.4", "--config.data.max_len=16", "--config.data.batch_size=8",
             "--config.train.steps=150", "--config.train.eval_every=10", "--config.train.log_every=10",
             "--config.train.checkpoint_every=10", "--config.train.warmup_steps=5", "--config.train.lr=3e-3",
             "--config.mesh.shape=(1,1,1)", "--config.forgetting.enabled=False", *extra]

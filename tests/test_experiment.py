@@ -61,7 +61,7 @@ def mini_config(task, text_corpus, tmp_path):
     c.budgets, c.seeds = (20, 0), (0, 1)
     c.tljax.pretrain_config, c.word2vec.config, c.word2vec.epochs = str(pretrain_file), str(w2v_file), 1
     c.finetune.data.update(name="", train=f"csv:{task}/train.csv", test=f"csv:{task}/test.csv",
-                           num_validation=20, max_len=16, batch_size=8)
+                           validation_fraction=0.25, max_len=16, batch_size=8)
     c.finetune.train.update(steps=12, eval_every=6, log_every=6, warmup_steps=2, lr=3e-3)
     c.finetune.forgetting.update(sequences=8, batch_size=8)
     c.lr.update(scratch=3e-3, tljax=3e-3)
@@ -103,14 +103,14 @@ def test_grid_end_to_end_with_resume(task, text_corpus, tmp_path, monkeypatch):
         assert 0.0 <= float(r["test_accuracy"]) <= 1.0
         summary = json.loads((workdir / "cells" / r["method"] / f"{r['labels']}_s{r['seed']}" / "summary.json").read_text())
         assert float(r["test_accuracy"]) == summary["test_accuracy"]
-        assert int(r["num_labeled"]) == (20 if r["labels"] == "20" else 100)  # 120 train - 20 validation
+        assert int(r["num_labeled"]) == (20 if r["labels"] == "20" else 120)  # the budget, validation included
     # Forgetting exists exactly where a pretrained LM head is fine-tuned.
     assert {r["method"] for r in rows if r["forgetting"] != ""} == {"tljax_light"}
     # Budget-scaled steps: 20 labels, batch 8, 20 epochs = 50 > 12 → capped at finetune.train.steps.
     assert {r["steps"] for r in rows} == {"12"}
 
     md = (workdir / "results.md").read_text()
-    assert "| scratch (no pretraining) |" in md and " ± " in md and "all (100)" in md
+    assert "| scratch (no pretraining) |" in md and " ± " in md and "all (120)" in md
     assert (workdir / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     claims = json.loads((workdir / "claims.json").read_text())
     assert claims == result["claims"] and claims["better_predictions"]["labels"] == "20"
@@ -197,15 +197,15 @@ def test_decoder_methods_on_a_tiny_llama(task, text_corpus, tmp_path, monkeypatc
     p.model.update(num_heads=4, num_kv_heads=2, mlp_dim=64, activation="silu", layer_norm_eps=1e-5,
                    use_pooler=False, dropout=0.0, attention_dropout=0.0)
     pretrain.run(p, llama)
-    c = experiment.load_config_file(REPO / "configs" / "experiments" / "learning_curve.py")
+    c = config_lib.load_config_file(REPO / "configs" / "experiments" / "learning_curve.py")
     assert not set(experiment.DECODER_METHODS) & set(
-        experiment.load_config_file(REPO / "configs" / "experiments" / "learning_curve.py", "quick").methods)
+        config_lib.load_config_file(REPO / "configs" / "experiments" / "learning_curve.py", "quick").methods)
     c.methods = ("smollm2_last", "smollm2_lora", "smollm2_prompt")
     c.budgets, c.seeds = (20, 0), (0,)
     c.smollm2.init_from = str(llama)
     c.prompt.update(verbalizer='{"neg": " little", "pos": " great"}', prompt="{text} .")
     c.finetune.data.update(name="", train=f"csv:{task}/train.csv", test=f"csv:{task}/test.csv",
-                           num_validation=20, max_len=16, batch_size=8)
+                           validation_fraction=0.2, max_len=16, batch_size=8)
     c.finetune.train.update(steps=12, eval_every=6, log_every=6, warmup_steps=2)
     c.finetune.forgetting.update(sequences=8, batch_size=8)
     c.lr.smollm2 = 1e-2

@@ -47,7 +47,7 @@ def ft_config(run, task, strategy, **kw):
     c.init_from = str(run)
     c.strategy = strategy
     c.data.update(name="", train=f"csv:{task}/train.csv", test=f"csv:{task}/test.csv", text_field="sentence",
-                  label_field="sentiment", num_labeled=40, num_validation=40, max_len=16, batch_size=8)
+                  label_field="sentiment", num_labeled=80, validation_fraction=0.5, max_len=16, batch_size=8)
     c.train.update(steps=60, lr=3e-3, warmup_steps=5, eval_every=20, log_every=20)
     c.unfreeze_every = 10
     c.mesh.shape = (1, 1, 1)
@@ -60,7 +60,7 @@ def ft_config(run, task, strategy, **kw):
 def test_strategies_on_a_csv_task(strategy, pretrained_run, csv_task, tmp_path):
     summary = finetune.run(ft_config(pretrained_run, csv_task, strategy), tmp_path)
     saved = json.loads((tmp_path / "summary.json").read_text())
-    assert saved["test_accuracy"] == summary["test_accuracy"] and saved["num_labeled"] == 40
+    assert saved["test_accuracy"] == summary["test_accuracy"] and saved["num_labeled"] == (80 if strategy == "features" else 40) and saved["labels_used"] == 80
     assert saved["label_names"] == ["neg", "pos"]
     for key in ("test_macro_f1", "validation_curve", "trainable_params", "frozen_params",
                 "optimizer_state_bytes", "wall_seconds", "compile_seconds"):

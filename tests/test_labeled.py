@@ -37,7 +37,7 @@ def _write_jsonl(path: Path, records) -> Path:
 
 def _cfg(**kw) -> ml_collections.ConfigDict:
     base = dict(name="", train="", test="", text_field="text", label_field="label",
-                num_labeled=0, num_validation=500)
+                num_labeled=0)
     base.update(kw)
     return ml_collections.ConfigDict(base)
 
@@ -75,7 +75,7 @@ def test_csv_quoted_commas_newlines_and_string_labels(tmp_path):
     other.write_text("\ufefflabel,review,extra\r\npos,\"a, b\",x\r\nneg,c,y\r\n\r\n", encoding="utf-8")
     assert read_labeled(f"csv:{other}", text_field="review") == (["a, b", "c"], ["pos", "neg"])
 
-    data = load_labeled(_cfg(train=f"csv:{path}", test=f"csv:{path}", num_validation=0), seed=0)
+    data = load_labeled(_cfg(train=f"csv:{path}", test=f"csv:{path}", validation_fraction=0), seed=0)
     assert data.label_names == ["neg", "neutral", "pos"]  # sorted strings
     assert data.train.texts == texts and data.train.labels.tolist() == [2, 0, 1, 2]
     assert data.train.labels.dtype == np.int32
@@ -94,7 +94,7 @@ def test_jsonl_int_labels_sort_numerically(tmp_path):
 
     # The test file stores the same labels as strings (as a CSV would): they still match.
     test = _write_csv(tmp_path / "test.csv", [("x", "10"), ("y", "1")])
-    data = load_labeled(_cfg(train=f"jsonl:{path}", test=f"csv:{test}", num_validation=0), seed=0)
+    data = load_labeled(_cfg(train=f"jsonl:{path}", test=f"csv:{test}", validation_fraction=0), seed=0)
     assert data.label_names == ["1", "2", "10"]  # numeric, not lexicographic
     assert data.train.labels.tolist() == [2, 1, 0, 1]
     assert data.test.labels.tolist() == [2, 0]
@@ -214,9 +214,9 @@ def test_num_labeled_bounds(tmp_path):
     assert "num_labeled=16" in msg and "15 training examples" in msg
     with pytest.raises(SourceError, match="whole number"):
         load_labeled(_cfg(train=train, test=test, num_labeled=-1), seed=0)
-    # Exactly all of them is allowed; nothing is left for validation.
+    # Exactly all of them is allowed; validation is carved out of them (20 %), nothing is left over.
     data = load_labeled(_cfg(train=train, test=test, num_labeled=15), seed=0)
-    assert len(data.train) == 15 and len(data.validation) == 0
+    assert len(data.train) == 12 and len(data.validation) == 3 and data.unlabeled == []
 
 
 def test_unseen_test_label(tmp_path):
@@ -235,25 +235,35 @@ def test_balanced_subsample_counts_determinism_and_validation(tmp_path):
     train_texts, _ = read_labeled(train)
     test_texts = set(read_labeled(test)[0])
 
-    def load(n, seed, v=10):
-        return load_labeled(_cfg(train=train, test=test, num_labeled=n, num_validation=v), seed=seed)
+    def load(n, seed, f=0.2, **kw):
+        return load_labeled(_cfg(train=train, test=test, num_labeled=n, validation_fraction=f, **kw), seed=seed)
+
+    def budget(d):
+        return {k: v + _per_class(d.validation, d.label_names)[k] for k, v in _per_class(d.train, d.label_names).items()}
 
     data = load(30, seed=0)
     assert isinstance(data, LabeledData) and data.num_train_available == 84
     assert data.label_names == ["a", "b", "c"]
-    assert _per_class(data.train, data.label_names) == {"a": 13, "b": 13, "c": 4}  # c short: others fill
-    assert _per_class(load(31, 0).train, data.label_names) == {"a": 14, "b": 13, "c": 4}
-    assert _per_class(load(9, 0).train, data.label_names) == {"a": 3, "b": 3, "c": 3}
-    assert _per_class(load(10, 0).train, data.label_names) == {"a": 4, "b": 3, "c": 3}  # remainder: low ids
-    assert _per_class(load(11, 0).train, data.label_names) == {"a": 4, "b": 4, "c": 3}
-
-    # Validation: the requested size, stratified, disjoint from train, all from the training file.
-    assert len(data.validation) == 10
+    # The budget (train + validation) is class-balanced; a short class gives all it has, the others fill.
+    assert budget(data) == {"a": 13, "b": 13, "c": 4}
+    assert budget(load(31, 0)) == {"a": 14, "b": 13, "c": 4}
+    assert budget(load(10, 0)) == {"a": 4, "b": 3, "c": 3}  # remainder: low ids
+    # Validation comes OUT of the budget: 20 % of 30 = 6, stratified by the budget's shares.
+    assert data.labels_used == 30 and len(data.train) == 24 and len(data.validation) == 6
+    assert _per_class(data.validation, data.label_names) == {"a": 3, "b": 2, "c": 1}
     assert not set(data.validation.texts) & set(data.train.texts)
     assert set(data.validation.texts) <= set(train_texts)
     assert not (set(data.validation.texts) | set(data.train.texts)) & test_texts
-    assert _per_class(data.validation, data.label_names) == {"a": 6, "b": 4, "c": 0}  # by full-split shares; c has none left
     assert data.test.texts == read_labeled(test)[0]  # test untouched, in file order
+    # At least one validation example per class, and every class keeps a training example.
+    tiny = load(6, 0, f=0.1)
+    assert _per_class(tiny.validation, tiny.label_names) == {"a": 1, "b": 1, "c": 1} and tiny.labels_used == 6
+    assert set(tiny.train.labels.tolist()) == {0, 1, 2}
+    assert len(load(30, 0, f=0).validation) == 0 and len(load(30, 0, f=0).train) == 30
+    assert len(load(0, 0, max_validation=5).validation) == 5  # the cap
+    # The rest of the training split is handed out as texts only (no labels), never overlapping.
+    assert len(data.unlabeled) == 84 - 30 and isinstance(data.unlabeled[0], str)
+    assert not set(data.unlabeled) & (set(data.train.texts) | set(data.validation.texts))
     # Labels stay aligned with their texts.
     for split in (data.train, data.validation, data.test):
         assert all(t.split()[1] == data.label_names[l] for t, l in zip(split.texts, split.labels))
@@ -263,35 +273,58 @@ def test_balanced_subsample_counts_determinism_and_validation(tmp_path):
     assert again.train.texts == data.train.texts and again.validation.texts == data.validation.texts
     other = load(30, seed=1)
     assert set(other.train.texts) != set(data.train.texts)
-    assert set(other.validation.texts) != set(data.validation.texts)
-
-    # Validation is capped by what remains after num_labeled.
-    assert len(load(80, 0, v=10).validation) == 4
 
 
-def test_growing_num_labeled_nests_and_keeps_validation(tmp_path):
+def test_validation_size_by_hand():
+    from tljax.data.labeled import validation_size
+    assert validation_size(np.array([50, 50]), 0.2, 500).tolist() == [10, 10]
+    assert validation_size(np.array([5, 5]), 0.05, 500).tolist() == [1, 1]  # at least one per class
+    assert validation_size(np.array([1, 9]), 0.5, 500).tolist() == [0, 5]  # a single example stays for training
+    assert validation_size(np.array([4000, 6000]), 0.2, 500).tolist() == [200, 300]  # the cap, stratified
+    assert validation_size(np.array([50, 50]), 0.0, 500).tolist() == [0, 0]
+
+
+def test_growing_budgets_nest(tmp_path):
     train, test = _dataset(tmp_path, {"neg": 200, "pos": 300})
-    sets = [load_labeled(_cfg(train=train, test=test, num_labeled=n, num_validation=50), seed=7)
-            for n in (10, 40, 160)]
+    sets = [load_labeled(_cfg(train=train, test=test, num_labeled=n), seed=7) for n in (10, 40, 160)]
     for small, big in zip(sets, sets[1:]):
-        assert set(small.train.texts) < set(big.train.texts)
-        assert small.validation.texts == big.validation.texts
-    assert _per_class(sets[0].validation, sets[0].label_names) == {"neg": 20, "pos": 30}  # stratified
+        assert set(small.train.texts) | set(small.validation.texts) < set(big.train.texts) | set(big.validation.texts)
+    assert [d.labels_used for d in sets] == [10, 40, 160]
+
+
+def test_explicit_validation_counts_in_labels_used(tmp_path):
+    train, test = _dataset(tmp_path, {"a": 40, "b": 20})
+    extra = _write_csv(tmp_path / "val.csv", [("x a 1", "a"), ("x b 2", "b"), ("x a 3", "a")])
+    data = load_labeled(_cfg(train=train, test=test, num_labeled=20, validation=f"csv:{extra}"), seed=3)
+    assert len(data.train) == 20 and data.validation.texts == ["x a 1", "x b 2", "x a 3"]  # nothing carved out
+    assert data.extra_validation and data.labels_used == 23
+    # The removed num_validation is a one-line error, never a silent change of meaning.
+    with pytest.raises(SourceError, match="num_validation is no longer supported.*data.validation_fraction"):
+        load_labeled(_cfg(train=train, test=test, num_validation=500), seed=0)
+    with pytest.raises(SourceError, match="validation_fraction"):
+        load_labeled(_cfg(train=train, test=test, validation_fraction=1.0), seed=0)
+
+
+def test_unlabeled_pool_never_holds_test_texts(tmp_path):
+    rows = [(f"text {i} {'a' if i % 2 else 'b'}", "a" if i % 2 else "b") for i in range(40)]
+    train = _write_csv(tmp_path / "train.csv", rows)
+    test = _write_csv(tmp_path / "test.csv", rows[30:] + [("fresh test text", "a")])  # 10 shared with train
+    data = load_labeled(_cfg(train=f"csv:{train}", test=f"csv:{test}", num_labeled=10), seed=0)
+    assert not set(data.unlabeled) & set(data.test.texts)
+    assert len(data.unlabeled) == 40 - 10 - len({r[0] for r in rows[30:]} - set(data.train.texts)
+                                                   - set(data.validation.texts))
 
 
 def test_all_labeled_carves_validation(tmp_path):
     train, test = _dataset(tmp_path, {"a": 40, "b": 20})
-    data = load_labeled(_cfg(train=train, test=test, num_labeled=0, num_validation=15), seed=3)
+    data = load_labeled(_cfg(train=train, test=test, num_labeled=0, validation_fraction=0.25), seed=3)
     assert len(data.validation) == 15 and len(data.train) == 45 and data.num_train_available == 60
     assert sorted(data.train.texts + data.validation.texts) == sorted(read_labeled(train)[0])
     assert _per_class(data.validation, data.label_names) == {"a": 10, "b": 5}
-    # Never more than half of a small training split, and every class keeps training examples.
-    small = load_labeled(_cfg(train=train, test=test, num_labeled=0, num_validation=500), seed=3)
-    assert len(small.validation) == 30 and len(small.train) == 30
-    assert set(small.train.labels.tolist()) == {0, 1}
-    # Defaults apply when fields are missing; extra fields are ignored.
+    assert data.unlabeled == []
+    # Defaults apply when fields are missing (20 %); extra fields are ignored.
     minimal = ml_collections.ConfigDict(dict(train=train, test=test, seq_len=64))
-    assert len(load_labeled(minimal, seed=0).validation) == 30
+    assert len(load_labeled(minimal, seed=0).validation) == 12
 
 
 # --- the built-in dataset -----------------------------------------------------------------------------
@@ -306,12 +339,12 @@ def test_builtin_rotten_tomatoes(monkeypatch):
         rotten_tomatoes.prepare_rotten_tomatoes()
     manifest = json.loads((rotten_tomatoes.dataset_dir() / "manifest.json").read_text())
 
-    data = load_labeled(_cfg(name="rotten_tomatoes", num_labeled=100, num_validation=200), seed=0)
+    data = load_labeled(_cfg(name="rotten_tomatoes", num_labeled=100), seed=0)
     assert data.label_names == ["rotten", "fresh"]
     assert data.num_train_available == manifest["splits"]["train"]["examples"]
     assert len(data.test) == manifest["splits"]["test"]["examples"]
-    assert _per_class(data.train, data.label_names) == {"rotten": 50, "fresh": 50}
-    assert len(data.validation) == 200
+    assert _per_class(data.train, data.label_names) == {"rotten": 40, "fresh": 40}
+    assert _per_class(data.validation, data.label_names) == {"rotten": 10, "fresh": 10}
     assert not set(data.validation.texts) & set(data.train.texts)
     texts, ids = rotten_tomatoes.load_split("test")
     assert data.test.texts == texts and data.test.labels.tolist() == ids.tolist()  # rotten=0, fresh=1

@@ -18,6 +18,7 @@ import transformers
 
 import tljax
 from tljax import hf
+from tljax.init_from import resolve
 from tljax import sharding as shd
 from tljax.cli import main as cli_main
 from tljax.data import tokenizer as tok_lib
@@ -294,8 +295,8 @@ def test_finetune_from_a_pretrained_llama(llama_run, tmp_path, monkeypatch):
     task = write_keyword_task(tmp_path, (("train", 120), ("test", 40)))
     ft = module.get_config()
     ft.init_from, ft.strategy = str(llama_run[0]), "light"
-    ft.data.update(name="", train=f"csv:{task}/train.csv", test=f"csv:{task}/test.csv", num_labeled=40,
-                   num_validation=40, max_len=16, batch_size=8)
+    ft.data.update(name="", train=f"csv:{task}/train.csv", test=f"csv:{task}/test.csv", num_labeled=80,
+                   validation_fraction=0.5, max_len=16, batch_size=8)
     ft.train.update(steps=20, eval_every=10, log_every=10)
     ft.mesh.shape = (1, 1, 1)
     ft.forgetting.update(sequences=16, batch_size=8)

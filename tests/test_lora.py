@@ -145,7 +145,7 @@ def lora_config(run, task, **kw):
     c = finetune_config()
     c.init_from = str(run)
     c.strategy = "lora"
-    c.data.update(train=f"csv:{task}/train.csv", test=f"csv:{task}/test.csv", num_labeled=60, num_validation=40,
+    c.data.update(train=f"csv:{task}/train.csv", test=f"csv:{task}/test.csv", num_labeled=100, validation_fraction=0.4,
                   max_len=16, batch_size=8)
     c.train.update(steps=50, lr=1e-2, warmup_steps=5, eval_every=25, log_every=25)
     c.lora.update(rank=4, targets=lora.DEFAULT_TARGETS + lora.MLP_TARGETS)

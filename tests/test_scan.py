@@ -84,8 +84,8 @@ def test_scanned_run_fine_tunes_with_per_layer_freezing(text_corpus, tmp_path):
     spec.loader.exec_module(module)
     c = module.get_config()
     c.update(init_from=str(tmp_path / "pre"), strategy="light", unfrozen_layers=1)
-    c.data.update(name="", train=f"csv:{tmp_path}/train.csv", test=f"csv:{tmp_path}/test.csv", num_labeled=40,
-                  num_validation=20, max_len=16, batch_size=8)
+    c.data.update(name="", train=f"csv:{tmp_path}/train.csv", test=f"csv:{tmp_path}/test.csv", num_labeled=60,
+                  validation_fraction=0.34, max_len=16, batch_size=8)
     c.train.update(steps=6, eval_every=3, log_every=3, warmup_steps=1)
     c.mesh.shape = (1, 1, 1)
     c.forgetting.update(sequences=16, batch_size=8)

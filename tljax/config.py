@@ -187,16 +187,19 @@ PRETRAIN_RULES = {
     "train.keep_checkpoints": POS_INT, "train.run_steps": NONNEG_INT,
 }
 FINETUNE_RULES = {
-    "strategy": one_of("features", "light", "full", "progressive", "lora"), "unfrozen_layers": NONNEG_INT,
+    "strategy": one_of("features", "light", "full", "progressive", "lora"), "recipe": one_of("", "lpft", "setfit"),
     "lora.rank": POS_INT, "lora.alpha": POSITIVE, "lora.dropout": BELOW_ONE,
     "lora.targets": Rule("a non-empty tuple of regular expressions over kernel paths",
                          lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_is_regex(t) for t in v)),
+    "setfit.pair_iterations": POS_INT, "self_training.rounds": NONNEG_INT,
+    "self_training.threshold": PROBABILITY, "self_training.max_unlabeled": POS_INT, "probe.cv_folds": NONNEG_INT, "unfrozen_layers": NONNEG_INT,
     "unfreeze_every": POS_INT, "layer_lr_decay": FRACTION, "pooling": one_of("auto", "cls", "mean", "last"),
     "head_dropout": BELOW_ONE, "seed": NONNEG_INT, "overwrite": one_of(False, True),
     "probe.kind": one_of("logreg", "mlp"), "probe.mlp_hidden": POS_INT,
     "probe.c_grid": Rule("a non-empty tuple of numbers > 0",
                          lambda v: len(v) > 0 and all(_is_num(c) and c > 0 for c in v)),
-    "data.num_labeled": NONNEG_INT, "data.num_validation": NONNEG_INT, "data.max_len": POS_INT,
+    "data.num_labeled": NONNEG_INT, "data.validation_fraction": BELOW_ONE, "data.max_validation": NONNEG_INT,
+    "data.max_len": POS_INT,
     "data.batch_size": POS_INT, **_OPTIMIZER_RULES, "train.patience": NONNEG_INT,
     "forgetting.sequences": POS_INT, "forgetting.batch_size": POS_INT,
 }
@@ -286,6 +289,17 @@ def validate_finetune(config, prefix: str = "") -> None:
     check_rules(config, FINETUNE_RULES, prefix)
     from tljax.data import labeled
     labeled.labeled_specs(config.data)  # name vs train/test files: one of them would be ignored
+    try:
+        labeled.check_budget_settings(config.data)  # the removed num_validation: never a silent change
+    except labeled.SourceError as e:
+        raise ConfigError(f"{prefix}{e}") from None
+    recipe = config.get("recipe", "")
+    if recipe in ("lpft", "setfit") and config.strategy == "features":
+        raise ConfigError(f"{prefix}recipe={recipe} trains the encoder: use a gradient strategy (full, light, "
+                          f"progressive) with it, or recipe='' for frozen features")
+    if config.get("self_training", {}).get("rounds", 0) and not (config.strategy == "features" or recipe == "setfit"):
+        raise ConfigError(f"{prefix}self_training.rounds needs a probe head: use strategy=features or "
+                          f"recipe=setfit with it (or self_training.rounds=0)")
     _check_mesh(config.mesh, prefix, batch_size=config.data.batch_size, rules=config.sharding_rules)
 
 

@@ -66,6 +66,14 @@ def finetune_config() -> ml_collections.ConfigDict:
     c.init_from = ""  # pretraining workdir / its checkpoints/ / a step folder, or "none"
     c.model_like = ""  # with init_from=none: the run whose architecture and tokenizer to use
     c.strategy = "full"  # features | light | full | progressive | lora
+    # Few-shot recipes: docs/transfer.md "Few-shot recipes".
+    c.recipe = ""  # "" = the strategy alone | lpft (probe, then fine-tune from its head) | setfit (pairs + logreg head)
+    c.setfit = ml_collections.ConfigDict(dict(
+        pair_iterations=20))  # setfit: pairs per labeled example = 2 x this (one same-label, one other-label)
+    c.self_training = ml_collections.ConfigDict(dict(
+        rounds=0,  # probe-headed runs (features, setfit): pseudo-label the unlabeled training texts this often
+        threshold=0.9,  # keep pseudo-labels whose predicted probability is at least this
+        max_unlabeled=2000))  # encode at most this many unlabeled training texts (a seeded sample)
     c.unfrozen_layers = 2  # light: how many top layers train
     c.unfreeze_every = 40  # progressive: steps between unfreezing one more group from the top
     c.layer_lr_decay = 1.0  # < 1: ELECTRA-style layer-wise rates (top layer = base rate)
@@ -85,14 +93,17 @@ def finetune_config() -> ml_collections.ConfigDict:
     c.overwrite = False  # True: replace a finished result of another config in the workdir
     # Leave the selected classifier in workdir/model/ (tljax.classifier: predict, evaluate, convert).
     c.save_model = True
-    c.probe = ml_collections.ConfigDict(dict(kind="logreg", c_grid=(0.01, 0.1, 1.0, 10.0), mlp_hidden=256))
+    c.probe = ml_collections.ConfigDict(dict(kind="logreg", c_grid=(0.01, 0.1, 1.0, 10.0), mlp_hidden=256,
+        cv_folds=5))  # choose C by stratified k-fold CV over the whole budget (0 = on the validation split)
 
     c.data = ml_collections.ConfigDict(dict(
         name="",  # a built-in dataset (rotten_tomatoes); "" = train/test below if given, else rotten_tomatoes
         train="", test="",  # csv:PATH | jsonl:PATH | tfds:name/config:split
         text_field="text", label_field="label",
-        num_labeled=0,  # class-balanced subsample of the training set (0 = all)
-        num_validation=500,  # early-stopping set, drawn from the training data left over
+        num_labeled=0,  # the label budget: ALL labels read, validation included (class-balanced; 0 = all)
+        validation_fraction=0.2,  # of the budget, carved out (stratified, >= 1 per class) for early stopping
+        max_validation=500,  # at most this many carved-out validation examples
+        validation="",  # extra labeled validation beyond the budget (csv:PATH, ...); counted in labels_used
         max_len=64, batch_size=16))
 
     c.train = ml_collections.ConfigDict(dict(

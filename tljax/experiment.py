@@ -42,6 +42,8 @@ class Method:
     title: str
     layer_lr_decay: float = 1.0
     pooling: str = "auto"
+    recipe: str = ""  # a few-shot recipe on top of the strategy (finetune's ``recipe``)
+    self_training_rounds: int = 0
 
 
 METHODS = {
@@ -59,10 +61,18 @@ METHODS = {
     "smollm2_mean": Method("smollm2", "features", "SmolLM2: mean features + logreg", pooling="mean"),
     "smollm2_lora": Method("smollm2", "lora", "SmolLM2: LoRA (q, v) + head"),
     "smollm2_prompt": Method("smollm2", "prompt", "SmolLM2: prompting (k-shot from the budget)"),
+    "minilm_lpft": Method("minilm", "full", "MiniLM: LP-FT (probe, then full from its head)", recipe="lpft"),
+    "minilm_setfit": Method("minilm", "full", "MiniLM: SetFit-style pairs + logreg", recipe="setfit"),
+    "minilm_self_training": Method("minilm", "features", "MiniLM: features + logreg, self-trained",
+                                   self_training_rounds=2),
+    "minilm_setfit_st": Method("minilm", "full", "MiniLM: SetFit-style pairs + logreg, self-trained",
+                               recipe="setfit", self_training_rounds=2),
 }
 DECODER_METHODS = tuple(m for m in METHODS if m.startswith("smollm2"))
+# What the default grid runs (the recipes are opt-in: --config.methods adds them).
+DEFAULT_METHODS = tuple(m for m in METHODS if not METHODS[m].recipe and not METHODS[m].self_training_rounds)
 
-CSV_FIELDS = ("method", "start", "strategy", "labels", "num_labeled", "seed", "test_accuracy", "test_macro_f1",
+CSV_FIELDS = ("method", "start", "strategy", "labels", "num_labeled", "labels_used", "num_train", "seed", "test_accuracy", "test_macro_f1",
               "forgetting", "trainable_params", "wall_seconds", "best_step", "steps")
 
 
@@ -184,6 +194,7 @@ def cell_config(config, cell: Cell, starts: dict, num_all: int) -> ml_collection
         c.pooling = method.pooling
     if method.strategy != "lora":  # the adapters' settings belong to LoRA cells only
         c.lora = finetune_defaults().lora
+    c.recipe, c.self_training.rounds = method.recipe, method.self_training_rounds
     c.data.num_labeled = cell.budget
     if method.start == "scratch":
         c.init_from, c.model_like = "none", starts["tljax"]["init_from"]
@@ -191,6 +202,10 @@ def cell_config(config, cell: Cell, starts: dict, num_all: int) -> ml_collection
         c.init_from = starts[method.start]["init_from"]
     c.train.lr = float(config.lr[method.start]) if method.start in config.lr else c.train.lr
     n = cell.budget or num_all
+    if method.recipe in ("lpft", "setfit"):  # each recipe has its own rate (LP-FT: small; SetFit: its body rate)
+        c.train.lr = float(config.lr.get(method.recipe, c.train.lr))
+    # Epochs count passes over the training part of the budget (the validation carve-out does not train).
+    n = max(1, n - int(round(n * c.data.validation_fraction)))
     by_epochs = math.ceil(config.max_epochs * n / c.data.batch_size)
     c.train.steps = int(min(c.train.steps, max(2 * c.train.eval_every, by_epochs)))
     c.train.warmup_steps = int(min(c.train.warmup_steps, c.train.steps // 10))
@@ -247,11 +262,12 @@ def _row(cell: Cell, summary: dict, steps: int) -> dict:
     method = METHODS[cell.method]
     forgetting = (summary.get("forgetting") or {}).get("increase")
     return {"method": cell.method, "start": method.start, "strategy": method.strategy,
-            "labels": budget_name(cell.budget), "num_labeled": summary["num_labeled"], "seed": cell.seed,
+            "labels": budget_name(cell.budget), "num_labeled": summary.get("labels_used", summary["num_labeled"]),
+            "labels_used": summary.get("labels_used", ""), "num_train": summary["num_labeled"], "seed": cell.seed,
             "test_accuracy": summary["test_accuracy"], "test_macro_f1": summary["test_macro_f1"],
             "forgetting": "" if forgetting is None else forgetting,
             "trainable_params": summary["trainable_params"], "wall_seconds": summary["wall_seconds"],
-            "best_step": summary.get("best_step") or "", "steps": steps}
+            "best_step": summary.get("best_step") or "", "steps": summary.get("setfit_steps", steps)}
 
 
 def _format_seconds(s: float) -> str:
@@ -286,8 +302,8 @@ def _run(config, workdir: Path) -> dict:
     # Cells of one method and budget compile the same step for every seed: keep compilations on disk.
     enable_compilation_cache()
     starts = prepare_starts(config, workdir)
-    # The size of "all": the training set left after the validation examples are carved out.
-    num_all = len(labeled.load_labeled(dict(config.finetune.data, num_labeled=0), 0).train)
+    # The size of "all": every training label (validation is carved out of it, as out of every budget).
+    num_all = labeled.load_labeled(dict(config.finetune.data, num_labeled=0), 0).labels_used
 
     cells = [Cell(m, int(b), int(s)) for b in sorted(config.budgets, key=lambda b: b or math.inf)
              for m in config.methods for s in config.seeds]
@@ -483,7 +499,9 @@ def results_markdown(rows: list[dict], claims: dict, starts: dict, config) -> st
         return out + [""]
 
     lines = [f"# Learning curve: {config.finetune.data.train or config.finetune.data.name or 'rotten_tomatoes'}", "",
-             f"Test accuracy by number of labeled training examples; mean ± std over seeds {seeds}.", ""]
+             f"Test accuracy by label budget; mean ± std over seeds {seeds}. The budget is every label a cell "
+             f"read: validation for early stopping and model selection came out of it "
+             f"({_validation_note(config.finetune.data)}).", ""]
     lines += table("test_accuracy", "Test accuracy")
     lines += table("test_macro_f1", "Macro-F1")
     lines += table("forgetting", "Forgetting: increase of the pretraining (MLM) loss on held-out text", signed=True)
@@ -494,6 +512,13 @@ def results_markdown(rows: list[dict], claims: dict, starts: dict, config) -> st
               for k, v in starts.items()]
     lines += ["", "**The claims**", ""] + [f"- {line}" for line in claims_text(claims).splitlines()] + [""]
     return "\n".join(lines)
+
+
+def _validation_note(data_cfg) -> str:
+    if data_cfg.get("validation", ""):
+        return f"no carve-out: extra labeled validation from {data_cfg.validation} was used on top of each budget"
+    return (f"a stratified {data_cfg.validation_fraction:.0%} of it, at most {data_cfg.max_validation}; probes chose "
+            f"C by cross-validation over the whole budget; no extra labels")
 
 
 def plot_learning_curve(rows: list[dict], path: Path) -> None:

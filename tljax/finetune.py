@@ -35,7 +35,7 @@ from tljax.init_from import resolve
 from tljax.models import LanguageModel, SequenceClassifier
 from tljax.pretrained import Pretrained, PretrainedError
 from tljax.state import count_params
-from tljax.tasks import classify
+from tljax.tasks import classify, contrastive
 from tljax.tasks import lm as lm_task
 from tljax.utils import cache_dir, compile_seconds, enable_compilation_cache, is_lead_process, log, write_json
 
@@ -138,36 +138,140 @@ def cached_features(store_key: list[str], texts: list[str], compute) -> np.ndarr
     return stored[np.asarray([index[k] for k in digests.tolist()], dtype=np.int64)]
 
 
-def fit_probe(cfg, features: dict, labels: dict, seed: int) -> dict:
-    """Train the simple classifier on frozen features; choose its regularisation on validation.
-
-    features / labels: {"train", "validation", "test"} -> [N, H] / [N]. Returns predictions and a curve.
-    """
+def _probe_estimator(cfg, c: float, seed: int):
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    if cfg.probe.kind == "logreg":
+        clf = LogisticRegression(C=c, max_iter=2000)
+    elif cfg.probe.kind == "mlp":
+        clf = MLPClassifier(hidden_layer_sizes=(cfg.probe.mlp_hidden,), alpha=1.0 / c, max_iter=500,
+                            random_state=seed)
+    else:
+        raise config_lib.ConfigError(f"probe.kind={cfg.probe.kind!r} unknown; use 'logreg' or 'mlp'")
+    return make_pipeline(StandardScaler(), clf)
 
-    curve, best = [], None
+
+def cv_folds_for(cfg, labels: np.ndarray) -> int:
+    """How many stratified folds choose C on ``labels`` [N]: ``probe.cv_folds``, at most the smallest class's
+    count; 0 when CV is off or impossible (a class with a single example)."""
+    folds = int(cfg.probe.get("cv_folds", 0))
+    smallest = min([int(n) for n in np.bincount(labels) if n > 0] or [0])
+    folds = min(folds, smallest)
+    return folds if folds >= 2 else 0
+
+
+def select_probe(cfg, x: np.ndarray, y: np.ndarray, seed: int, x_val=None, y_val=None):
+    """Choose the probe's regularisation C from ``probe.c_grid`` and fit it.
+
+    x [N, H], y [N]: the labeled examples it trains on. With x_val [M, H] / y_val [M] (M > 0), C is chosen
+    on them (accuracy); otherwise by stratified ``cv_folds_for`` -fold cross-validation on (x, y), or the
+    grid's middle value when CV is impossible. The chosen probe is refit on all of (x, y).
+    Returns (fitted sklearn pipeline, curve [{"C", "accuracy"}], chosen C)."""
+    from sklearn.model_selection import StratifiedKFold
+    curve = []
+    use_val = x_val is not None and len(y_val) > 0
+    folds = 0 if use_val else cv_folds_for(cfg, y)
     for c in cfg.probe.c_grid:
-        if cfg.probe.kind == "logreg":
-            clf = LogisticRegression(C=c, max_iter=2000)
-        elif cfg.probe.kind == "mlp":
-            clf = MLPClassifier(hidden_layer_sizes=(cfg.probe.mlp_hidden,), alpha=1.0 / c, max_iter=500,
-                                random_state=seed)
+        if use_val:
+            acc = float(_probe_estimator(cfg, c, seed).fit(x, y).score(x_val, y_val))
+        elif folds:
+            split = StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y)
+            acc = float(np.mean([_probe_estimator(cfg, c, seed).fit(x[a], y[a]).score(x[b], y[b]) for a, b in split]))
         else:
-            raise config_lib.ConfigError(f"probe.kind={cfg.probe.kind!r} unknown; use 'logreg' or 'mlp'")
-        model = make_pipeline(StandardScaler(), clf).fit(features["train"], labels["train"])
-        acc = float(model.score(features["validation"], labels["validation"])) if len(labels["validation"]) else 0.0
+            acc = float("nan")
         curve.append({"C": c, "accuracy": acc})
-        if best is None or acc > best[0]:
-            best = (acc, c, model)
-    _, c, model = best
-    trainable = sum(int(np.size(a)) for est in model.steps[1:] for a in
-                    (getattr(est[1], "coef_", None), getattr(est[1], "intercept_", None),
-                     *getattr(est[1], "coefs_", []), *getattr(est[1], "intercepts_", [])) if a is not None)
+    if use_val or folds:
+        best_c = max(curve, key=lambda r: r["accuracy"])["C"]  # first of equals: the strongest regularisation
+    else:
+        best_c = cfg.probe.c_grid[len(cfg.probe.c_grid) // 2]
+    return _probe_estimator(cfg, best_c, seed).fit(x, y), curve, best_c
+
+
+def probe_parameters(model) -> int:
+    return sum(int(np.size(a)) for est in model.steps[1:] for a in
+               (getattr(est[1], "coef_", None), getattr(est[1], "intercept_", None),
+                *getattr(est[1], "coefs_", []), *getattr(est[1], "intercepts_", [])) if a is not None)
+
+
+def fit_probe(cfg, features: dict, labels: dict, seed: int, extra_validation: bool = False,
+              unlabeled: np.ndarray | None = None) -> dict:
+    """Train the simple classifier on frozen features; choose its regularisation.
+
+    features / labels: {"train", "validation", "test"} -> [N, H] / [N]. The validation examples are part of
+    the label budget: with ``probe.cv_folds`` >= 2 (and no ``extra_validation``) C is chosen by k-fold CV over
+    train + validation and the probe trains on all of them; otherwise C is chosen on validation. unlabeled
+    [U, H]: features of unlabeled training texts for ``self_training.rounds`` of pseudo-labelling.
+    Returns test predictions, the selection curve, the chosen C and the self-training log."""
+    x, y = features["train"], labels["train"]
+    x_val, y_val = features["validation"], labels["validation"]
+    if cfg.probe.get("cv_folds", 0) and not extra_validation:
+        x, y = np.concatenate([x, x_val]), np.concatenate([y, y_val])
+        x_val = y_val = None
+    model, curve, c = select_probe(cfg, x, y, seed, x_val, y_val)
+    rounds = []
+    if cfg.get("self_training", {}).get("rounds", 0):
+        model, rounds = self_train(cfg, model, x, y, unlabeled, seed)
     return {"test_predictions": model.predict(features["test"]), "validation_curve": curve, "best_C": c,
-            "probe_parameters": trainable, "probe": model}
+            "probe_parameters": probe_parameters(model), "self_training": rounds, "model": model, "probe": model,
+            "trained_on": int(len(y))}
+
+
+def self_train(cfg, model, x: np.ndarray, y: np.ndarray, unlabeled: np.ndarray | None, seed: int):
+    """Self-training of a probe: ``self_training.rounds`` times, pseudo-label the unlabeled features
+    [U, H] with the current probe, keep those with probability >= ``self_training.threshold`` (class-
+    balanced: as many per class as the rarest class has confident ones), and refit the probe (same C) on
+    the labeled (x [N, H], y [N]) plus the kept ones. Returns (probe, [per round: kept, per-class counts])."""
+    log_rows = []
+    if unlabeled is None or not len(unlabeled):
+        log("self-training: no unlabeled training texts (the budget is the whole training set); skipped")
+        return model, log_rows
+    num_classes = len(model.classes_)
+    for r in range(int(cfg.self_training.rounds)):
+        proba = model.predict_proba(unlabeled)
+        pred, conf = proba.argmax(1), proba.max(1)
+        confident = [np.flatnonzero((pred == k) & (conf >= cfg.self_training.threshold)) for k in range(num_classes)]
+        per_class = min(len(c) for c in confident)
+        keep = np.concatenate([c[np.argsort(-conf[c], kind="stable")[:per_class]] for c in confident])
+        log_rows.append({"round": r + 1, "kept": int(len(keep)), "per_class": int(per_class)})
+        log(f"self-training round {r + 1}: {len(keep)} pseudo-labels kept ({per_class} per class) of {len(unlabeled)}")
+        if not len(keep):
+            break
+        c = model.steps[-1][1].get_params().get("C", 1.0)
+        model = _probe_estimator(cfg, c, seed).fit(np.concatenate([x, unlabeled[keep]]),
+                                                   np.concatenate([y, model.classes_[pred[keep]]]))
+    return model, log_rows
+
+
+def unlabeled_pool(texts: list[str], test_texts: list[str], limit: int, seed: int) -> list[str]:
+    """At most ``limit`` texts [U] of the unlabeled training pool (a seeded sample). Raises ValueError if
+    any is a test text: pseudo-labels must never come from the test set."""
+    leaked = set(texts) & set(test_texts)
+    if leaked:
+        raise ValueError(f"{len(leaked)} text(s) of the self-training pool are test texts; "
+                         "pseudo-labels must come from training texts only")
+    if len(texts) <= limit:
+        return list(texts)
+    rows = np.sort(np.random.default_rng(seed).choice(len(texts), limit, replace=False))
+    return [texts[i] for i in rows]
+
+
+def probe_head(model, num_classes: int) -> dict:
+    """The classifier head {"kernel": [H, C], "bias": [C]} whose logits reproduce a fitted StandardScaler +
+    LogisticRegression on raw features: the scaler is folded into the weights (w / scale, b - mean/scale · w).
+    Binary logreg has one decision function d: the head gives logits (-d/2, d/2), whose softmax equals
+    the probe's probabilities."""
+    scaler, clf = model.steps[0][1], model.steps[-1][1]
+    if not hasattr(clf, "coef_"):
+        raise config_lib.ConfigError("recipe=lpft needs probe.kind=logreg (a linear probe to start the head from)")
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    coef = clf.coef_ / scale[None, :]  # [C or 1, H]
+    intercept = clf.intercept_ - coef @ scaler.mean_
+    if num_classes == 2 and coef.shape[0] == 1:
+        coef = np.concatenate([-coef / 2, coef / 2])
+        intercept = np.concatenate([-intercept / 2, intercept / 2])
+    return {"kernel": np.asarray(coef.T, np.float32), "bias": np.asarray(intercept, np.float32)}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -333,10 +437,15 @@ def _run(config, workdir: Path, feature_cache: bool) -> dict:
     data = labeled.load_labeled(config.data, config.seed)
     num_classes = len(data.label_names)
     y = {"train": data.train.labels, "validation": data.validation.labels, "test": data.test.labels}
-    log(f"data: {len(y['train'])} labeled train, {len(y['validation'])} validation, {len(y['test'])} test; "
-        f"{num_classes} classes {data.label_names}; start: {config.init_from}, strategy: {config.strategy}")
-    summary = {"strategy": config.strategy, "init_from": config.init_from,
+    recipe = config.get("recipe", "")
+    log(f"data: {len(y['train'])} labeled train, {len(y['validation'])} validation "
+        f"({'extra: ' + config.data.validation if data.extra_validation else 'carved out of the label budget'}), "
+        f"{len(y['test'])} test; {data.labels_used} labels used in all; {num_classes} classes {data.label_names}; "
+        f"start: {config.init_from}, strategy: {config.strategy}" + (f", recipe: {recipe}" if recipe else ""))
+    summary = {"strategy": config.strategy, "recipe": recipe, "init_from": config.init_from,
                "num_labeled": int(len(y["train"])), "num_validation": int(len(y["validation"])),
+               "labels_used": int(data.labels_used),
+               "validation_source": config.data.validation if data.extra_validation else "label budget",
                "num_test": int(len(y["test"])), "label_names": data.label_names, "seed": config.seed}
 
     if word_vectors:
@@ -352,9 +461,17 @@ def _run(config, workdir: Path, feature_cache: bool) -> dict:
             lora.plan(jax.eval_shape(lambda r: model.init(r, encoded["train"][0][:1], encoded["train"][1][:1])[
                 "params"], jax.random.key(0)), config.lora.targets)
         resume_allowed = _claim_workdir(config, workdir)
-        if config.strategy == "features":
+        if recipe == "setfit":
+            tuned, setfit_info = _train_setfit_body(config, model, start_params, encoded, y, data, workdir,
+                                                    resume_allowed)
+            summary.update(_run_features(config, model, tuned, pre, data, encoded, y, use_cache=False))
+            summary.update(setfit_info, trainable_params=setfit_info["body_trainable_params"] + summary["trainable_params"])
+        elif config.strategy == "features":
             summary.update(_run_features(config, model, start_params, pre, data, encoded, y, feature_cache))
         else:
+            if recipe == "lpft":
+                start_params, lp = _linear_probe_head(config, model, start_params, encoded, y, num_classes)
+                summary["lpft_probe"] = lp
             summary.update(_run_gradient(config, model, start_params, pre, encoded, y, workdir, resume_allowed))
 
     summary["test_macro_f1"] = classify.macro_f1(y["test"], summary.pop("test_predictions"), num_classes)
@@ -366,7 +483,8 @@ def _run(config, workdir: Path, feature_cache: bool) -> dict:
         classifier.save_run_outputs(workdir, config, data, pre, summary["pooling"], deploy)
         write_json(workdir / "summary.json", summary)
     log(f"test accuracy {summary['test_accuracy']:.4f}, macro-F1 {summary['test_macro_f1']:.4f} "
-        f"({config.strategy}, {summary['num_labeled']} labels, {summary['wall_seconds']:.0f}s)")
+        f"({config.strategy}{', ' + recipe if recipe else ''}, {summary['labels_used']} labels in all, "
+        f"{summary['wall_seconds']:.0f}s)")
     return summary
 
 
@@ -410,7 +528,10 @@ def _probe_summary(probe: dict, y, frozen_params: int, deploy: dict) -> dict:
     return {"test_accuracy": float((preds == y["test"]).mean()), "test_predictions": preds,
             "validation_curve": probe["validation_curve"], "best_C": probe["best_C"],
             "trainable_params": probe["probe_parameters"], "frozen_params": frozen_params,
-            "optimizer_state_bytes": 0, "forgetting": None,
+            "optimizer_state_bytes": 0, "forgetting": None, "self_training": probe["self_training"],
+            # With CV the probe trains on the whole budget: nothing was held out for validation.
+            "num_labeled": probe["trained_on"], "num_validation": int(len(y["train"]) + len(y["validation"])
+                                                                     - probe["trained_on"]),
             "deploy": dict(deploy, probe=probe["probe"], test_ids=preds)}
 
 
@@ -420,7 +541,12 @@ def _run_word_vectors(config, data, y) -> dict:
     vectors = word2vec.load(config.init_from[4:] if config.init_from.startswith("w2v:") else config.init_from)
     feats = {name: word2vec.text_features(vectors, getattr(data, name).texts)
              for name in ("train", "validation", "test")}
-    return _probe_summary(fit_probe(config, feats, y, config.seed), y, int(vectors.vectors.size),
+    unlabeled = None
+    if config.self_training.rounds:
+        pool = unlabeled_pool(data.unlabeled, data.test.texts, config.self_training.max_unlabeled, config.seed)
+        unlabeled = word2vec.text_features(vectors, pool)
+    probe = fit_probe(config, feats, y, config.seed, data.extra_validation, unlabeled)
+    return _probe_summary(probe, y, int(vectors.vectors.size),
                           {"kind": "word_vectors", "word_vectors": vectors, "test_features": feats["test"]})
 
 
@@ -434,10 +560,82 @@ def _run_features(config, model, params, pre: Pretrained, data, encoded, y, use_
         encode = lambda rows: extract_features(fn, params, ids[rows], mask[rows], model.cfg.hidden_size)
         feats[name] = (cached_features(key, getattr(data, name).texts, encode) if use_cache
                        else encode(np.arange(len(ids))))
+    unlabeled = None
+    if config.self_training.rounds:
+        pool = unlabeled_pool(data.unlabeled, data.test.texts, config.self_training.max_unlabeled, config.seed)
+        ids_u, mask_u = classify.encode_texts(pre.tokenizer, pool, config.data.max_len) if pool else (ids[:0], mask[:0])
+        encode = lambda rows: extract_features(fn, params, ids_u[rows], mask_u[rows], model.cfg.hidden_size)
+        unlabeled = cached_features(key, pool, encode) if use_cache else encode(np.arange(len(ids_u)))
     log(f"features {feats['train'].shape[1]}-d for {sum(len(f) for f in feats.values())} texts in {time.time() - t0:.1f}s")
-    probe = fit_probe(config, feats, y, config.seed)
+    probe = fit_probe(config, feats, y, config.seed, data.extra_validation, unlabeled)
     deploy = {"kind": "probe", "params": encoder, "test_features": feats["test"], "batch_size": 128}
     return dict(_probe_summary(probe, y, count_params(encoder), deploy), feature_seconds=time.time() - t0)
+
+
+def _linear_probe_head(config, model, start_params: dict, encoded, y, num_classes: int) -> tuple[dict, dict]:
+    """LP-FT's first stage (Kumar et al. 2022): a logistic-regression probe on the frozen encoder's features of
+    the training split (C by cross-validation on it), copied into the classifier head. Returns (start
+    params with that head, {"best_C", "train_accuracy"})."""
+    fn = features_fn(model)
+    x = extract_features(fn, start_params, *encoded["train"], model.cfg.hidden_size)
+    probe_cfg = ml_collections.ConfigDict({"probe": config.probe.to_dict()})
+    probe_cfg.probe.kind = "logreg"
+    if not probe_cfg.probe.cv_folds:
+        probe_cfg.probe.cv_folds = 5  # the validation split stays for the fine-tuning stage's selection
+    probe, _, c = select_probe(probe_cfg, x, y["train"], config.seed)
+    params = dict(start_params)
+    params["classifier"] = probe_head(probe, num_classes)
+    acc = float(probe.score(x, y["train"]))
+    log(f"lpft: linear probe (C={c}, train accuracy {acc:.3f}) is the head; fine-tuning from it at lr {config.train.lr}")
+    return params, {"best_C": c, "train_accuracy": acc}
+
+
+def _train_setfit_body(config, model, start_params, encoded, y, data, workdir, resume_allowed) -> tuple[dict, dict]:
+    """SetFit's first stage on the engine: contrastive tuning of the encoder on pairs of the whole label budget
+    (train + carved validation: a fixed schedule needs no validation), one pass over 2 x N x
+    ``setfit.pair_iterations`` pairs, batch ``data.batch_size`` pairs, lr ``train.lr`` with 10 % warmup.
+    Returns (tuned params, summary fields)."""
+    labels = y["train"] if data.extra_validation else np.concatenate([y["train"], y["validation"]])
+    ids = encoded["train"][0] if data.extra_validation else np.concatenate([encoded["train"][0], encoded["validation"][0]])
+    mask = encoded["train"][1] if data.extra_validation else np.concatenate([encoded["train"][1], encoded["validation"][1]])
+    pairs = contrastive.sample_pairs(labels, config.setfit.pair_iterations, config.seed)
+    B = config.data.batch_size
+    steps = -(-len(pairs) // B)
+    train_cfg = ml_collections.ConfigDict(config.train.to_dict())
+    train_cfg.update(steps=steps, warmup_steps=steps // 10)
+    log(f"setfit: {len(pairs)} pairs ({len(labels)} labeled texts x 2 x {config.setfit.pair_iterations}), {steps} steps "
+        f"of {B} pairs at lr {config.train.lr} (one pass: train.steps={config.train.steps} does not apply)")
+    rules = policy.parse_rules(config.param_rules) + policy.strategy_rules(
+        config.strategy, pre_layers(model), unfrozen_layers=config.unfrozen_layers,
+        layer_lr_decay=config.layer_lr_decay, unfreeze_every=config.unfreeze_every)
+    run = engine.setup(lambda r: model.init(r, ids[:1], mask[:1])["params"], train_cfg, config.mesh,
+                       config.sharding_rules, config.seed, rules=rules, start_params=start_params)
+    trainable, _ = run.counts()
+    bs2, bs1 = run.batch_sharding(2), run.batch_sharding(1)
+    step_fn = engine.compile_train_step(contrastive.train_loss(model), run, (bs2, bs2, bs2, bs2, bs1))
+    put = lambda a: distributed.global_array(bs2 if a.ndim == 2 else bs1, a.shape, a.__getitem__)
+    order = packing.PackedBatches(np.arange(len(pairs))[:, None], B, config.seed)
+
+    def batch_for(s: int):
+        rows = pairs[order.local_batch(s)[:, 0]]
+        every = pairs[order.indices(s)]
+        cols = classify.trimmed_length(np.concatenate([mask[every[:, 0]], mask[every[:, 1]]]))
+        return (put(ids[rows[:, 0], :cols]), put(mask[rows[:, 0], :cols]), put(ids[rows[:, 1], :cols]),
+                put(mask[rows[:, 1], :cols]), put(rows[:, 2].astype(np.float32)))
+
+    t = config.train
+    spec = engine.LoopSpec(total_steps=steps, log_every=t.log_every, eval_every=steps,
+                           checkpoint_every=t.checkpoint_every, keep_checkpoints=t.keep_checkpoints)
+    resume = engine.restore(run, workdir, select=False) if resume_allowed else None
+    result = engine.fit(run, step_fn, batch_for, spec, workdir, desc="setfit body", resume=resume)
+    return jax.tree.map(np.asarray, result.best_params), {
+        "setfit_pairs": int(len(pairs)), "setfit_steps": steps, "body_trainable_params": trainable,
+        "train_step_compilations": result.compilations, "steps_this_run": result.steps_this_run,
+        "final_pair_loss": result.last_train.get("loss")}
+
+
+def pre_layers(model: SequenceClassifier) -> int:
+    return model.cfg.num_layers
 
 
 def _run_gradient(config, model, start_params, pre: Pretrained, encoded, y, workdir, resume_allowed) -> dict:

@@ -23,7 +23,7 @@ from pathlib import Path
 import ml_collections
 
 from tljax.defaults import finetune_config
-from tljax.experiment import DECODER_METHODS, METHODS
+from tljax.experiment import DECODER_METHODS, DEFAULT_METHODS
 
 _CONFIGS = Path(__file__).resolve().parents[1]
 
@@ -35,8 +35,9 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.budgets = (100, 1000, 0) if quick else (100, 300, 1000, 3000, 0)  # labeled examples; 0 = all
     c.seeds = (0,) if quick else (0, 1, 2)
-    # see tljax/experiment.py METHODS; :quick runs no decoder (SmolLM2) method: see the docstring
-    c.methods = tuple(m for m in METHODS if not (quick and m in DECODER_METHODS))
+    # See tljax/experiment.py METHODS: the few-shot recipes are opt-in, and :quick runs no decoder
+    # (SmolLM2) method (see the docstring).
+    c.methods = tuple(m for m in DEFAULT_METHODS if not (quick and m in DECODER_METHODS))
     c.max_epochs = 20  # a cell trains for at most this many passes over its labeled set (≤ finetune.train.steps)
     c.keep_models = False  # True: every cell keeps its classifier in cells/<method>/<cell>/model/ (disk)
 
@@ -48,8 +49,10 @@ def get_config(arg=None):
     c.minilm = ml_collections.ConfigDict(dict(init_from="hf:minilm"))
     c.smollm2 = ml_collections.ConfigDict(dict(init_from="hf:smollm2"))  # the causal LM of the decoder methods
     # Peak learning rate per starting point (a 22M-parameter pretrained encoder wants a small one; the
-    # SmolLM2 rate is LoRA's: only the adapters and the head train).
-    c.lr = ml_collections.ConfigDict(dict(scratch=5e-4, tljax=5e-4, minilm=5e-5, smollm2=1e-3))
+    # SmolLM2 rate is LoRA's: only the adapters and the head train). lpft: LP-FT's fine-tuning stage (a
+    # small rate keeps the probe's head); setfit: the pair-tuning stage.
+    c.lr = ml_collections.ConfigDict(dict(scratch=5e-4, tljax=5e-4, minilm=5e-5, smollm2=1e-3, lpft=1e-5,
+                                          setfit=2e-5))
     # The prompting method (tljax.zeroshot; labels of Rotten Tomatoes: fresh / rotten).
     c.prompt = ml_collections.ConfigDict(dict(
         prompt="Review: {text}\nSentiment:", verbalizer='{"fresh": " positive", "rotten": " negative"}',

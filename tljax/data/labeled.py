@@ -16,10 +16,15 @@ labels** (all-integer labels, including integer strings such as ``"10"`` in a CS
 anything else sorts as strings), except Rotten Tomatoes, which keeps ``LABEL_NAMES`` order
 (rotten=0, fresh=1). Every problem is reported as a one-line :class:`SourceError`.
 
-Subsampling (``num_labeled``) is class-balanced and seeded. Each class's examples are shuffled once
-with the seed; the labeled training set is a prefix of each class's order and the validation set
-a suffix, so for one seed the training subsets of growing ``num_labeled`` are nested and the
-validation set stays the same while there is room for it.
+The label budget (``num_labeled``) is **all** the labels a run reads: a class-balanced, seeded
+sample of N training examples (each class's examples are shuffled once with the seed; the budget
+is a prefix of each class's order, so for one seed the budgets of growing N are nested). The
+validation set for early stopping and model selection is carved out of the budget (stratified,
+``validation_fraction`` of it, at least one per class, at most ``max_validation``), never drawn
+from outside it. Labeled validation data beyond the budget is used only when the user names it
+(``data.validation=csv:...``); ``LabeledData.labels_used`` counts every label a run reads.
+The training examples outside the budget are handed out as texts only (``unlabeled``, their labels
+dropped here, texts that also occur in the test split removed): the pool for self-training.
 """
 
 from __future__ import annotations
@@ -47,7 +52,12 @@ _SPEC_HELP = ("csv:PATH, jsonl:PATH, tfds:name/config:split or builtin:rotten_to
 _INT_RE = re.compile(r"[+-]?\d+")
 _BUILTIN_RT = "rotten_tomatoes"
 _DATA_SETTINGS = ("data.text_field", "data.label_field")  # what a missing-field error tells the user to set
-DEFAULT_NUM_VALIDATION = 500
+DEFAULT_VALIDATION_FRACTION = 0.2  # of the label budget, carved out for early stopping / selection
+DEFAULT_MAX_VALIDATION = 500  # cap of the carve-out (matters only for large budgets)
+REMOVED_NUM_VALIDATION = (
+    "data.num_validation is no longer supported: it drew validation labels outside the label budget. "
+    "Validation now comes out of data.num_labeled (data.validation_fraction, default 0.2); "
+    "to add labeled validation data beyond the budget, name it with data.validation=csv:PATH")
 
 
 @dataclasses.dataclass
@@ -69,12 +79,15 @@ class LabeledData:
     """Train / validation / test splits with a shared label vocabulary.
 
     ``train``: the (possibly subsampled) labeled training set, in file order.
-    ``validation``: for early stopping; drawn from training-split examples that are NOT in
-    ``train`` (never from test), stratified by class, in file order. May be empty when
-    ``num_labeled`` uses up the whole training split or ``num_validation`` is 0.
+    ``validation``: for early stopping / model selection: a stratified carve-out of the label budget
+    (never test), in file order, or the user's explicit ``data.validation`` set (``extra_validation``).
+    Empty when ``validation_fraction`` is 0.
     ``test``: the full test split, in file order.
     ``label_names``: id -> original label as a string.
     ``num_train_available``: size of the full training split before subsampling.
+    ``unlabeled``: training-split texts outside the budget, without labels (none of them occurs in
+    the test split): what self-training may pseudo-label.
+    ``extra_validation``: True when ``validation`` came from ``data.validation`` (labels beyond the budget).
     """
 
     train: LabeledSplit
@@ -82,10 +95,17 @@ class LabeledData:
     test: LabeledSplit
     label_names: list[str]
     num_train_available: int
+    unlabeled: list[str] = dataclasses.field(default_factory=list)
+    extra_validation: bool = False
 
     @property
     def num_classes(self) -> int:
         return len(self.label_names)
+
+    @property
+    def labels_used(self) -> int:
+        """Every label the run reads: the budget (train + carved validation) plus any explicit validation."""
+        return len(self.train) + len(self.validation)
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -371,25 +391,40 @@ def _allocate(total: int, capacity: np.ndarray, weights: np.ndarray) -> np.ndarr
     return alloc
 
 
-def _select(labels: np.ndarray, num_classes: int, num_labeled: int, num_validation: int, seed: int):
-    """Indices (sorted) of the labeled training subset and the validation set."""
+def validation_size(budget_counts: np.ndarray, fraction: float, max_validation: int) -> np.ndarray:
+    """Per-class validation counts [C] carved out of a budget of ``budget_counts`` [C] examples per class:
+    ``round(fraction * budget)`` in all, at least one per class when ``fraction`` > 0, at most
+    ``max_validation``, and every class keeps at least one training example. Stratified (largest remainder)."""
+    budget_counts = np.asarray(budget_counts, dtype=np.int64)
+    if fraction <= 0:
+        return np.zeros_like(budget_counts)
+    total = int(round(fraction * int(budget_counts.sum())))
+    total = max(total, int((budget_counts > 1).sum()))  # one per class that can spare one
+    capacity = np.maximum(budget_counts - 1, 0)
+    total = min(total, int(max_validation), int(capacity.sum()))
+    counts = _allocate(total, capacity, budget_counts)
+    # Largest-remainder shares can leave a small class at 0 although another has more than one.
+    for c in np.flatnonzero((counts == 0) & (capacity > 0)):
+        donor = int(np.argmax(counts))
+        if counts[donor] > 1:
+            counts[donor] -= 1
+            counts[c] += 1
+    return counts
+
+
+def _select(labels: np.ndarray, num_classes: int, num_labeled: int, fraction: float, max_validation: int,
+            seed: int):
+    """Indices (sorted) of the labeled training subset, the validation carve-out and the rest (outside
+    the budget). The budget is ``num_labeled`` class-balanced examples (0 = all); validation is part of it."""
     rng = np.random.default_rng(seed)
     per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
     counts = np.asarray([len(p) for p in per_class], dtype=np.int64)
-    if num_labeled == 0:
-        # All of training, less a stratified validation set (at most half of it; every class
-        # keeps at least one training example).
-        capacity = counts - 1
-        size = min(num_validation, len(labels) // 2, int(capacity.sum()))
-        val_counts = _allocate(size, capacity, counts)
-        train_counts = counts - val_counts
-    else:
-        train_counts = _allocate(num_labeled, counts, np.ones_like(counts))  # class-balanced
-        capacity = counts - train_counts
-        val_counts = _allocate(min(num_validation, int(capacity.sum())), capacity, counts)
-    train = np.concatenate([p[:k] for p, k in zip(per_class, train_counts)])
-    val = np.concatenate([p[len(p) - k:] for p, k in zip(per_class, val_counts)])
-    return np.sort(train).astype(np.int64), np.sort(val).astype(np.int64)
+    budget_counts = counts if num_labeled == 0 else _allocate(num_labeled, counts, np.ones_like(counts))
+    val_counts = validation_size(budget_counts, fraction, max_validation)
+    train = np.concatenate([p[: k - v] for p, k, v in zip(per_class, budget_counts, val_counts)])
+    val = np.concatenate([p[k - v: k] for p, k, v in zip(per_class, budget_counts, val_counts)])
+    rest = np.concatenate([p[k:] for p, k in zip(per_class, budget_counts)])
+    return (np.sort(train).astype(np.int64), np.sort(val).astype(np.int64), np.sort(rest).astype(np.int64))
 
 
 def _split(texts: list[str], labels: np.ndarray, idx: np.ndarray | None = None) -> LabeledSplit:
@@ -429,25 +464,39 @@ def labeled_specs(data_cfg) -> tuple[str, str]:
     return train_spec, test_spec
 
 
+def check_budget_settings(data_cfg) -> tuple[float, int]:
+    """(validation_fraction, max_validation) of ``data_cfg``; raises SourceError for the removed
+    ``num_validation`` and for values out of range."""
+    if "num_validation" in data_cfg:
+        raise SourceError(REMOVED_NUM_VALIDATION)
+    fraction = data_cfg.get("validation_fraction", DEFAULT_VALIDATION_FRACTION)
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 <= fraction < 1:
+        raise SourceError(f"data.validation_fraction = {fraction!r} must be a number in [0, 1) (the share of "
+                          "data.num_labeled kept for validation; 0 = none, the last step is kept)")
+    return float(fraction), _int_setting(data_cfg, "max_validation", DEFAULT_MAX_VALIDATION)
+
+
 def load_labeled(data_cfg, seed: int) -> LabeledData:
     """Load train/validation/test for fine-tuning from ``data_cfg`` (a ConfigDict or dict).
 
     Fields (all optional, extra fields ignored): ``train`` and ``test`` specs, or ``name``
     ("rotten_tomatoes", also what "" means when no specs are given; see ``labeled_specs``),
-    ``text_field`` ("text"), ``label_field`` ("label"),
-    ``num_labeled`` (0 = all), ``num_validation`` (500).
+    ``text_field`` ("text"), ``label_field`` ("label"), ``num_labeled`` (0 = all),
+    ``validation_fraction`` (0.2), ``max_validation`` (500), ``validation`` ("" or a spec).
+    ``num_validation`` (removed) is an error.
 
-    ``train`` is a class-balanced sample of ``num_labeled`` examples (equal per class, the remainder
+    The budget is a class-balanced sample of ``num_labeled`` examples (equal per class, the remainder
     to the lowest class ids; a class with too few examples gives all it has and the others fill in).
-    ``validation`` is a stratified sample of ``min(num_validation, remaining)`` training examples not
-    in ``train``; with ``num_labeled=0`` it is carved out of the training split (at most half of it)
-    and the rest is ``train``. Deterministic for a given ``seed``.
+    ``validation`` is a stratified carve-out of the budget (``validation_size``) and ``train`` the rest
+    of it; with an explicit ``validation`` spec nothing is carved out and that file is the validation
+    set (its labels count in ``labels_used``). Deterministic for a given ``seed``.
     """
     train_spec, test_spec = labeled_specs(data_cfg)
     text_field = data_cfg.get("text_field", "text") or "text"
     label_field = data_cfg.get("label_field", "label") or "label"
     num_labeled = _int_setting(data_cfg, "num_labeled", 0)
-    num_validation = _int_setting(data_cfg, "num_validation", DEFAULT_NUM_VALIDATION)
+    fraction, max_validation = check_budget_settings(data_cfg)
+    validation_spec = data_cfg.get("validation", "") or ""
 
     train_texts, train_raw = read_labeled(train_spec, text_field, label_field)
     test_texts, test_raw = read_labeled(test_spec, text_field, label_field)
@@ -470,11 +519,23 @@ def load_labeled(data_cfg, seed: int) -> LabeledData:
     if num_labeled > available:
         raise SourceError(f"data.num_labeled={num_labeled} is larger than the {available} training "
                           f"examples in {train_spec}; use at most {available} (or 0 for all)")
-    train_idx, val_idx = _select(train_labels, len(label_names), num_labeled, num_validation, seed)
+    train_idx, val_idx, rest_idx = _select(train_labels, len(label_names), num_labeled,
+                                           0.0 if validation_spec else fraction, max_validation, seed)
+    if validation_spec:
+        val_texts, val_raw = read_labeled(validation_spec, text_field, label_field)
+        validation = LabeledSplit(val_texts, _to_ids([_canonical(x) for x in val_raw], label_names,
+                                                     validation_spec, "validation"))
+    else:
+        validation = _split(train_texts, train_labels, val_idx)
+    # The unlabeled pool: texts only, and never a text of the test split (self-training must not see test).
+    test_set = set(test_texts)
+    unlabeled = [train_texts[i] for i in rest_idx if train_texts[i] not in test_set]
     return LabeledData(
         train=_split(train_texts, train_labels, train_idx),
-        validation=_split(train_texts, train_labels, val_idx),
+        validation=validation,
         test=_split(test_texts, test_labels),
         label_names=list(label_names),
         num_train_available=available,
+        unlabeled=unlabeled,
+        extra_validation=bool(validation_spec),
     )
