@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from tljax import distributed, memory, policy
 from tljax import sharding as shd
@@ -215,7 +216,6 @@ class _StopSignals:
         """The signal to stop on (0 = none). agree: all processes decide together (a collective)."""
         if jax.process_count() == 1 or not agree:
             return self.signum if jax.process_count() == 1 else 0
-        from jax.experimental import multihost_utils
         return int(np.max(multihost_utils.process_allgather(np.int32(self.signum))))
 
 
@@ -234,7 +234,12 @@ def restore(run: Setup, workdir: str | Path, select: bool = False) -> Resume | N
     """The newest intact checkpoint in ``workdir/checkpoints`` restored into ``run``'s shardings, or None
     when there is none. Raises CheckpointError when checkpoints exist and none of them restores (a model
     that differs from the one that wrote them, or all damaged): never a silent fresh start."""
-    if not (Path(workdir) / "checkpoints").is_dir():
+    exists = (Path(workdir) / "checkpoints").is_dir()
+    if jax.process_count() > 1:
+        # Process 0's view, for all: a process arriving later could otherwise see the folder that a faster
+        # one's loop has just created and wait alone in orbax's collectives.
+        exists = bool(multihost_utils.broadcast_one_to_all(np.int32(exists)))
+    if not exists:
         return None
     ckpt = Checkpoints(Path(workdir) / "checkpoints")
     try:
