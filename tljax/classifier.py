@@ -306,11 +306,13 @@ class Classifier:
             import jax
             from tljax.models import SequenceClassifier
             module = SequenceClassifier(self.config, self.num_classes, pooling=self.pooling)
+            # The run's own inference compilation (tasks.classify.jit_inference): the same numbers.
             if self.kind == "finetuned":
-                self._fn = jax.jit(lambda p, i, m: module.apply({"params": p}, i, m, deterministic=True))
+                self._fn = classify.jit_inference(
+                    lambda p, i, m: module.apply({"params": p}, i, m, deterministic=True))
             else:
-                self._fn = jax.jit(lambda p, i, m: module.apply({"params": p}, i, m,
-                                                                method=SequenceClassifier.features))
+                self._fn = classify.jit_inference(
+                    lambda p, i, m: module.apply({"params": p}, i, m, method=SequenceClassifier.features))
             self._device_params = jax.device_put(self.params)
         return self._fn, self._device_params
 
