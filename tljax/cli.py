@@ -333,21 +333,9 @@ def cmd_data(argv):
 
 def cmd_convert(argv):
     _simple_help("convert", argv)
-    values, rest = {}, list(argv)
-    while rest:
-        arg = rest.pop(0)
-        name, eq, value = arg.partition("=")
-        if name not in ("--from", "--to") or name[2:] in values:
-            fail(f"unexpected argument {arg!r}; usage: tljax convert --from SRC --to DST")
-        if not eq:
-            if not rest:
-                fail(f"{name} needs a value; usage: tljax convert --from SRC --to DST")
-            value = rest.pop(0)
-        values[name[2:]] = value
-    if set(values) != {"from", "to"} or not all(values.values()):
-        fail("usage: tljax convert --from SRC --to DST (SRC: hf:/folder, hf:minilm, hf:smollm2, gguf:/file.gguf "
-             "or a tljax run; "
-             "DST: a new run folder, or hf:/folder to export)")
+    values = parse_flags(argv, {"from": None, "to": None},
+                         "tljax convert --from SRC --to DST (SRC: hf:/folder, hf:minilm, hf:smollm2, gguf:/file.gguf "
+                         "or a tljax run; DST: a new run folder, or hf:/folder to export)")
     from tljax import hf
     from tljax.init_from import resolve
     try:
