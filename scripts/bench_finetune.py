@@ -168,7 +168,7 @@ def run(args) -> dict:
     pre = resolve("hf:minilm")
     folder = hf.locate("minilm")
     texts = review_texts(max(args.predict_texts, TRAIN_BATCH, INFER_BATCH))
-    ids, mask = finetune.encode_texts(pre.tokenizer, texts, LENGTH)
+    ids, mask = classify.encode_texts(pre.tokenizer, texts, LENGTH)
     labels = np.arange(TRAIN_BATCH, dtype=np.int32) % 2
     tr_ids, tr_mask = ids[:TRAIN_BATCH], mask[:TRAIN_BATCH]
     inf_ids, inf_mask = ids[:INFER_BATCH], mask[:INFER_BATCH]

@@ -29,6 +29,7 @@ from bench_finetune import INFER_BATCH, LENGTH, TRAIN_BATCH, Tljax, review_texts
 
 from tljax import finetune  # noqa: E402
 from tljax.init_from import resolve  # noqa: E402
+from tljax.tasks import classify  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dump", help="also write the compiled HLO of both functions into this folder")
     args = ap.parse_args(argv)
     pre = resolve("hf:minilm")
-    ids, mask = finetune.encode_texts(pre.tokenizer, review_texts(INFER_BATCH), LENGTH)
+    ids, mask = classify.encode_texts(pre.tokenizer, review_texts(INFER_BATCH), LENGTH)
     labels = np.arange(TRAIN_BATCH, dtype=np.int32) % 2
     tl = Tljax(pre, ids[:TRAIN_BATCH], mask[:TRAIN_BATCH], labels)
     b = tl.built

@@ -14,7 +14,7 @@ from tljax import finetune, pretrain
 from tljax.config import ConfigError
 from tljax.data import labeled
 from tljax.models import SequenceClassifier, TransformerConfig
-from tljax.tasks import contrastive
+from tljax.tasks import classify, contrastive
 
 _spec = importlib.util.spec_from_file_location(
     "finetune_classify", pathlib.Path(__file__).parents[1] / "configs" / "finetune_classify.py")
@@ -135,7 +135,7 @@ def test_lpft_head_starts_from_the_probe(pretrained_run, csv_task, tmp_path):
     pre = resolve(c.init_from, "")
     data = labeled.load_labeled(c.data, c.seed)
     model = SequenceClassifier(pre.model, 2, pooling="mean", head_dropout=c.head_dropout)
-    encoded = {n: finetune.encode_texts(pre.tokenizer, getattr(data, n).texts, 16) for n in ("train", "validation")}
+    encoded = {n: classify.encode_texts(pre.tokenizer, getattr(data, n).texts, 16) for n in ("train", "validation")}
     fresh = jax.tree.map(np.asarray, jax.jit(model.init)(jax.random.key(0), *[a[:1] for a in encoded["train"]])["params"])
     fresh = jax.tree.map(np.asarray, __import__("flax").linen.meta.unbox(fresh))
     start, _ = finetune.merge_pretrained(fresh, pre.params)
