@@ -10,10 +10,11 @@
 3. Memory: the compiled per-device memory of the tljax LoRA step vs a full fine-tuning step of the same model
    and batch (``tljax.memory.train_step_memory``: XLA's buffer assignment; the full step is compiled, not run).
 
-Both run in one process, **alternating** round by round (forward tljax, forward torch, LoRA tljax, LoRA torch),
-so machine noise hits both alike; the reported ratio is the median of the per-round ratios. PyTorch uses 2
-threads and MKL's AVX-512 path (as ``scripts/bench_pretrain.py``). The PyTorch model is built from tljax's
-own export of the weights (``tljax.hf.export_hf``), so both compute the same function.
+Both run in one process, **alternating** round by round (forward tljax, forward torch, LoRA tljax, LoRA torch;
+``--steps`` calls each, their mean timed), so machine noise hits both alike; the reported ratio is the median
+of the per-round ratios. PyTorch uses 2 threads and MKL's AVX-512 path (as ``scripts/bench_pretrain.py``).
+The PyTorch model is built from tljax's own export of the weights (``tljax.hf.export_hf``), so both compute
+the same function.
 
     PYTHONPATH=. python scripts/bench_decoder.py [--rounds 3] [--batch 8] [--seq 256] [--json out.json]
 """
@@ -162,6 +163,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=3, help="calls per framework and round (their mean is timed)")
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--alpha", type=float, default=16.0)
     ap.add_argument("--threads", type=int, default=2)
@@ -189,15 +191,18 @@ def main(argv=None) -> dict:
     parity = float(np.abs(torch_logits - jax_logits).max())
     rows = []
     for r in range(args.rounds):
-        t = {"tljax_forward": jb.forward(), "torch_forward": tb.forward(),
-             "tljax_lora": jb.lora_step(), "torch_lora": tb.lora_step()}
+        # Several calls in a row per framework: the first call after the other framework's turn pays for
+        # its threads and freed memory (single calls swung tljax's LoRA step between 4.6 and 9.6 s).
+        each = lambda fn: sum(fn() for _ in range(args.steps)) / args.steps
+        t = {"tljax_forward": each(jb.forward), "torch_forward": each(tb.forward),
+             "tljax_lora": each(jb.lora_step), "torch_lora": each(tb.lora_step)}
         rows.append(t)
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()), flush=True)
     fwd_ratio = statistics.median(r["torch_forward"] / r["tljax_forward"] for r in rows)
     lora_ratio = statistics.median(r["torch_lora"] / r["tljax_lora"] for r in rows)
     med = lambda k: statistics.median(r[k] for r in rows)
     result = {
-        "model": args.model, "batch": args.batch, "seq": args.seq, "rounds": args.rounds, "threads": args.threads,
+        "model": args.model, "batch": args.batch, "seq": args.seq, "rounds": args.rounds, "steps": args.steps, "threads": args.threads,
         "rank": args.rank, "targets": list(TARGETS), "adapter_params": jb.adapter_params,
         "cpu": platform.processor() or platform.machine(), "jax": jax.__version__, "torch": torch.__version__,
         "logits_max_abs_diff": parity, "round_seconds": rows,

@@ -83,7 +83,9 @@ def budget_name(budget: int) -> str:
 def validate(config) -> None:
     unknown = [m for m in config.methods if m not in METHODS]
     if unknown or not config.methods:
-        raise config_lib.ConfigError(f"methods {unknown or '()'} unknown; choose from {', '.join(METHODS)}")
+        hint = ("; several methods are a tuple: --config.methods=\"('minilm_full', 'smollm2_lora')\""
+                if any("," in m for m in unknown) else "")
+        raise config_lib.ConfigError(f"methods {unknown or '()'} unknown; choose from {', '.join(METHODS)}{hint}")
     if not config.budgets or any(int(b) < 0 for b in config.budgets) or len(set(config.budgets)) != len(config.budgets):
         raise config_lib.ConfigError(f"budgets={tuple(config.budgets)} must be distinct label counts ≥ 1, "
                                      "or 0 for all labels")
