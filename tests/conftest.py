@@ -56,6 +56,36 @@ def tiny_pretrain_config(objective, kind, corpus, **train):
     return c
 
 
+@pytest.fixture(scope="session")
+def pretrained_run(text_corpus, tmp_path_factory):
+    """A tiny BERT MLM pretraining run (20 steps, one device) shared by the fine-tuning tests, which only
+    read it; a module may define its own ``pretrained_run`` of other settings."""
+    import jax
+
+    from tljax import pretrain
+    workdir = tmp_path_factory.mktemp("pretrained")
+    with pytest.MonkeyPatch.context() as mp:  # session scope: the function-scoped fixtures are not active
+        mp.setenv("TLJAX_DATA_DIR", str(tmp_path_factory.mktemp("pretrain_cache")))
+        mp.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
+        pretrain.run(tiny_pretrain_config("mlm", "bert", text_corpus, steps=20), workdir)
+    return workdir
+
+
+def random_llama(seed=0, **config):
+    """transformers' ``LlamaForCausalLM(LlamaConfig(**config))`` in eval mode with every weight N(0, 0.2)
+    (norm scales 1 + N(0, 0.2)): larger than the default init, so parity tests see non-trivial logits."""
+    import torch
+    import transformers
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g) * 0.2
+            p.copy_(noise + 1.0 if name.endswith("norm.weight") else noise)
+    return model.eval()
+
+
 def write_keyword_task(root, sizes=(("train", 120), ("test", 40)), columns=("text", "label"),
                        labels=("neg", "pos"), seed=0):
     """CSV files root/<split>.csv of a two-class task: each text is 8 filler words plus "little" (class 0)

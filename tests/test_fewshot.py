@@ -5,12 +5,11 @@ import json
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_pretrain_config, write_keyword_task
-from tljax import finetune, pretrain
+from conftest import write_keyword_task
+from tljax import finetune
 from tljax.config import ConfigError
 from tljax.data import labeled
 from tljax.models import SequenceClassifier, TransformerConfig
@@ -25,16 +24,6 @@ _spec.loader.exec_module(_module)
 @pytest.fixture(autouse=True)
 def one_device(monkeypatch):
     monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1] if not a else jax.local_devices(*a)[:1])
-
-
-@pytest.fixture(scope="module")
-def pretrained_run(text_corpus, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("pretrained")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TLJAX_DATA_DIR", str(tmp_path_factory.mktemp("cache")))
-        mp.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
-        pretrain.run(tiny_pretrain_config("mlm", "bert", text_corpus, steps=20), workdir)
-    return workdir
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +58,10 @@ def ft_config(run, task, strategy="full", **kw):
     dict(strategy="full", recipe="setfit", **{"self_training.rounds": 1})])
 def test_no_method_reads_more_labels_than_the_budget(method, pretrained_run, csv_task, tmp_path, monkeypatch):
     """With num_labeled=30, every label a method reads (train, validation, anything) is one of 30 examples."""
-    loaded, train_loss_labels = [], []
+    loaded = []
     real_load = labeled.load_labeled
     monkeypatch.setattr(labeled, "load_labeled", lambda *a, **k: loaded.append(real_load(*a, **k)) or loaded[-1])
-    summary = finetune.run(ft_config(pretrained_run, csv_task, **method), tmp_path)
+    finetune.run(ft_config(pretrained_run, csv_task, **method), tmp_path)
     (data,) = loaded
     # The labeled arrays a run gets hold at most 30 labels; the rest of the training file is texts only.
     assert len(data.train.labels) + len(data.validation.labels) == 30 == data.labels_used

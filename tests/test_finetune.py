@@ -5,8 +5,8 @@ import numpy as np
 import jax
 import pytest
 
-from conftest import tiny_pretrain_config, write_keyword_task
-from tljax import finetune, pretrain
+from conftest import write_keyword_task
+from tljax import finetune
 from tljax.config import ConfigError
 from tljax.pretrained import PretrainedError
 
@@ -23,16 +23,6 @@ _spec.loader.exec_module(_module)
 @pytest.fixture(autouse=True)
 def one_device(monkeypatch):
     monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1] if not a else jax.local_devices(*a)[:1])
-
-
-@pytest.fixture(scope="module")
-def pretrained_run(text_corpus, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("pretrained")
-    with pytest.MonkeyPatch.context() as mp:  # module scope: the function-scoped fixtures are not active yet
-        mp.setenv("TLJAX_DATA_DIR", str(tmp_path_factory.mktemp("cache")))
-        mp.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
-        pretrain.run(tiny_pretrain_config("mlm", "bert", text_corpus, steps=20), workdir)
-    return workdir
 
 
 @pytest.fixture(scope="module")

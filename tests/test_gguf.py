@@ -12,6 +12,7 @@ import torch
 import transformers
 
 import tljax
+from conftest import random_llama
 from tljax import gguf_import
 from tljax.cli import main as cli_main
 from tljax.data import tokenizer as tok_lib
@@ -162,18 +163,10 @@ def write_gguf(path, model, tokenizer, tied: bool):
 
 
 def make_model(tokenizer, tied: bool, seed=0):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=len(tokenizer) + 20, hidden_size=64, intermediate_size=96,
-                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=300.0,
-                                   tie_word_embeddings=tied, bos_token_id=0, eos_token_id=0)
-    model = transformers.LlamaForCausalLM(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g) * 0.2
-            p.copy_(noise + 1.0 if name.endswith("norm.weight") else noise)
-    return model.eval()
+    return random_llama(seed, vocab_size=len(tokenizer) + 20, hidden_size=64, intermediate_size=96,
+                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=300.0,
+                        tie_word_embeddings=tied, bos_token_id=0, eos_token_id=0)
 
 
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])

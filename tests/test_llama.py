@@ -17,6 +17,7 @@ import torch  # a test dependency (pyproject [test]); missing torch must fail, n
 import transformers
 
 import tljax
+from conftest import random_llama
 from tljax import hf
 from tljax.init_from import resolve
 from tljax import sharding as shd
@@ -67,15 +68,7 @@ def make_llama(folder, spec, tokenizer, seed=0):
     spec = dict(spec)
     if "rope_scaling" in spec:  # transformers 5 keeps theta inside the rope parameters
         spec["rope_parameters"] = dict(spec.pop("rope_scaling"), rope_theta=spec.pop("rope_theta"))
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=len(tokenizer) + 11, bos_token_id=0, eos_token_id=0, **spec)
-    model = transformers.LlamaForCausalLM(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g) * 0.2
-            p.copy_(noise + 1.0 if name.endswith("norm.weight") else noise)
-    model.eval()
+    model = random_llama(seed, vocab_size=len(tokenizer) + 11, bos_token_id=0, eos_token_id=0, **spec)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from tljax.data import prepared
+from tljax.defaults import finetune_config
 from tljax.data.sources import SourceError
 
 __all__ = ["LabeledSplit", "LabeledData", "read_labeled", "read_texts", "load_labeled",
@@ -52,8 +53,6 @@ _SPEC_HELP = ("csv:PATH, jsonl:PATH, tfds:name/config:split or builtin:rotten_to
 _INT_RE = re.compile(r"[+-]?\d+")
 _BUILTIN_RT = "rotten_tomatoes"
 _DATA_SETTINGS = ("data.text_field", "data.label_field")  # what a missing-field error tells the user to set
-DEFAULT_VALIDATION_FRACTION = 0.2  # of the label budget, carved out for early stopping / selection
-DEFAULT_MAX_VALIDATION = 500  # cap of the carve-out (matters only for large budgets)
 REMOVED_NUM_VALIDATION = (
     "data.num_validation is no longer supported: it drew validation labels outside the label budget. "
     "Validation now comes out of data.num_labeled (data.validation_fraction, default 0.2); "
@@ -469,11 +468,12 @@ def check_budget_settings(data_cfg) -> tuple[float, int]:
     ``num_validation`` and for values out of range."""
     if "num_validation" in data_cfg:
         raise SourceError(REMOVED_NUM_VALIDATION)
-    fraction = data_cfg.get("validation_fraction", DEFAULT_VALIDATION_FRACTION)
+    defaults = finetune_config().data  # for a plain dict data_cfg without the fields
+    fraction = data_cfg.get("validation_fraction", defaults.validation_fraction)
     if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 <= fraction < 1:
         raise SourceError(f"data.validation_fraction = {fraction!r} must be a number in [0, 1) (the share of "
                           "data.num_labeled kept for validation; 0 = none, the last step is kept)")
-    return float(fraction), _int_setting(data_cfg, "max_validation", DEFAULT_MAX_VALIDATION)
+    return float(fraction), _int_setting(data_cfg, "max_validation", defaults.max_validation)
 
 
 def load_labeled(data_cfg, seed: int) -> LabeledData:
