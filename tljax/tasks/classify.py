@@ -40,6 +40,8 @@ def encode_texts(tokenizer, texts: list[str], max_len: int) -> tuple[np.ndarray,
 def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
     """Macro-averaged F1 of label ids [N] against predictions [N] over all ``num_classes`` classes."""
     return float(f1_score(labels, predictions, labels=list(range(num_classes)), average="macro", zero_division=0))
+
+
 def jit_inference(fn, **jit_kwargs):
     """``jax.jit(fn, **jit_kwargs)`` compiled with ``defaults.CPU_INFERENCE_COMPILER_OPTIONS`` on the CPU
     backend (unless XLA_FLAGS sets the same option): the jit of every batched inference function."""
