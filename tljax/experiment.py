@@ -220,7 +220,7 @@ def prompt_config(config, cell: Cell, starts: dict) -> ml_collections.ConfigDict
     With ``k_shot`` = 0 no label is used: budget and seed do not enter the config, so every such cell is one
     result (computed once, copied to the others)."""
     from tljax.data import labeled as labeled_data
-    from tljax.zeroshot import zeroshot_config
+    from tljax.defaults import zeroshot_config
     train_spec, test_spec = labeled_data.labeled_specs(config.finetune.data)
     z = zeroshot_config()
     p = config.prompt
