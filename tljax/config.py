@@ -305,7 +305,7 @@ def validate_finetune(config, prefix: str = "") -> None:
                               f"--config.{prefix}strategy=features with it")
         if "{text}" not in config.prompt.prompt:
             raise ConfigError(f"{prefix}prompt.prompt={config.prompt.prompt!r} has no {{text}} placeholder for the "
-                              f"text; e.g. --config.{prefix}prompt.prompt='Review: {{text}}\nSentiment:'")
+                              f"text; e.g. --config.{prefix}prompt.prompt='Review: {{text}}\\nSentiment:'")
     else:  # the prompt settings mean something only to recipe=prompt_probe: never ignored silently
         from tljax import defaults
         base = defaults.finetune_config()

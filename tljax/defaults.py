@@ -61,8 +61,8 @@ def pretrain_config(objective: str, kind: str) -> ml_collections.ConfigDict:
 
 def prompt_config() -> ml_collections.ConfigDict:
     """How a causal LM scores each label of a text by prompting (tljax.tasks.prompt): ``tljax zeroshot`` and
-    finetune's ``recipe=prompt_probe`` (its ``prompt`` node). "\n" and "\t" typed as two characters in the
-    prompt and the continuations mean newline and tab, so a shell's "Review: {text}\nSentiment:" works."""
+    finetune's ``recipe=prompt_probe`` (its ``prompt`` node). "\\n" and "\\t" typed as two characters in the
+    prompt and the continuations mean newline and tab, so a shell's "Review: {text}\\nSentiment:" works."""
     c = ml_collections.ConfigDict()
     c.prompt = "{text}"  # filled with each text ({text}); the verbalizer continues it
     c.verbalizer = ""  # JSON object: label (as in the data) -> continuation text, e.g. {"pos": " positive"}
