@@ -175,3 +175,31 @@ def test_bad_starts_and_settings_fail_in_one_line_and_write_nothing(pretrained_r
         err = capsys.readouterr().err.strip()
         assert e.value.code == 2 and "\n" not in err and err.startswith("tljax: error:") and message in err, err
         assert not workdir.exists(), args
+
+
+def test_experiment_method_uses_the_experiments_prompt_and_is_opt_in(tiny_llama, task, tmp_path, monkeypatch):
+    from pathlib import Path
+    from tljax import config as config_lib
+    from tljax import experiment
+    from tljax.config import ConfigError
+    monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
+    assert "smollm2_prompt_probe" in experiment.METHODS and "smollm2_prompt_probe" not in experiment.DEFAULT_METHODS
+    c = config_lib.load_config_file(Path(__file__).parents[1] / "configs" / "experiments" / "learning_curve.py")
+    c.methods, c.budgets, c.seeds = ("smollm2_prompt_probe",), (20,), (0,)
+    c.smollm2.init_from = f"hf:{tiny_llama[0]}"
+    c.prompt.update(verbalizer='{"neg": " little", "pos": " great"}', prompt=PROMPT_TYPED, batch_size=8)
+    c.finetune.data.update(name="", train=f"csv:{task}/train.csv", test=f"csv:{task}/test.csv", max_len=16)
+    out = experiment.run(c, tmp_path / "lc")
+    (row,) = out["rows"]
+    cell = tmp_path / "lc" / "cells" / "smollm2_prompt_probe" / "20_s0"
+    summary = json.loads((cell / "summary.json").read_text())
+    assert summary["recipe"] == "prompt_probe" and summary["strategy"] == "features" and summary["labels_used"] == 20
+    saved = json.loads((cell / "config.json").read_text())
+    assert saved["prompt"]["prompt"] == PROMPT_TYPED and saved["prompt"]["batch_size"] == 8
+    assert summary["prompt_probe"]["verbalizer"] == {"neg": " little", "pos": " great"}
+    assert float(row["test_accuracy"]) == summary["test_accuracy"]
+    # A prompt set in the finetune node would be overridden by the experiment's: refused.
+    c.finetune.prompt = finetune.defaults.finetune_config().prompt
+    c.finetune.prompt.prompt = "{text} ?"
+    with pytest.raises(ConfigError, match="set --config.prompt"):
+        experiment.run(c, tmp_path / "lc2")

@@ -306,14 +306,6 @@ def validate_finetune(config, prefix: str = "") -> None:
         if "{text}" not in config.prompt.prompt:
             raise ConfigError(f"{prefix}prompt.prompt={config.prompt.prompt!r} has no {{text}} placeholder for the "
                               f"text; e.g. --config.{prefix}prompt.prompt='Review: {{text}}\\nSentiment:'")
-    else:  # the prompt settings mean something only to recipe=prompt_probe: never ignored silently
-        from tljax import defaults
-        base = defaults.finetune_config()
-        for node in ("prompt", "prompt_probe"):
-            changed = [k for k in base[node] if node in config and config[node].get(k) != base[node][k]]
-            if changed:
-                raise ConfigError(f"{prefix}{node}.{changed[0]} is set but recipe={recipe!r}: use "
-                                  f"--config.{prefix}recipe=prompt_probe, or drop the {node} settings")
     if config.get("self_training", {}).get("rounds", 0) and not (config.strategy == "features" or recipe == "setfit"):
         raise ConfigError(f"{prefix}self_training.rounds needs a probe head: use strategy=features or "
                           f"recipe=setfit with it (or self_training.rounds=0)")

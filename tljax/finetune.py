@@ -428,7 +428,7 @@ def _run(config, workdir: Path, feature_cache: bool) -> dict:
     if config.strategy not in policy.STRATEGIES:
         raise config_lib.ConfigError(f"strategy={config.strategy!r} unknown; use one of {', '.join(policy.STRATEGIES)}")
     policy.parse_rules(config.param_rules)  # a bad rule fails here, before anything is read or written
-    _check_lora_settings(config)
+    _check_unused_settings(config)
     if config.init_from == "none" and config.strategy != "full":
         raise config_lib.ConfigError("init_from=none is the from-scratch baseline: use strategy=full with it")
     word_vectors = is_word_vectors(config.init_from)
@@ -507,15 +507,21 @@ def _run(config, workdir: Path, feature_cache: bool) -> dict:
     return summary
 
 
-def _check_lora_settings(config) -> None:
-    """lora.* settings other than the defaults only mean something with strategy=lora: never ignored silently."""
-    if "lora" not in config or config.strategy == "lora":
-        return
-    default = defaults.finetune_config().lora
-    changed = [k for k in default if config.lora.get(k) != default[k]]
-    if changed:
-        raise config_lib.ConfigError(f"lora.{changed[0]} is set but strategy={config.strategy}: use "
-                                     f"--config.strategy=lora, or drop the lora settings")
+def _check_unused_settings(config) -> None:
+    """lora.* settings other than the defaults only mean something with strategy=lora, prompt.* and
+    prompt_probe.* only with recipe=prompt_probe: never ignored silently. (Not in config.validate_finetune:
+    an experiment's finetune node carries them for the cells of the methods that use them.)"""
+    base = defaults.finetune_config()
+    for node, used, fix in (("lora", config.strategy == "lora", "--config.strategy=lora"),
+                            ("prompt", config.get("recipe", "") == "prompt_probe", "--config.recipe=prompt_probe"),
+                            ("prompt_probe", config.get("recipe", "") == "prompt_probe", "--config.recipe=prompt_probe")):
+        if node not in config or used:
+            continue
+        changed = [k for k in base[node] if config[node].get(k) != base[node][k]]
+        if changed:
+            what = f"strategy={config.strategy}" if node == "lora" else f"recipe={config.get('recipe', '')!r}"
+            raise config_lib.ConfigError(f"{node}.{changed[0]} is set but {what}: use {fix}, or drop the "
+                                         f"{node} settings")
 
 
 def _claim_workdir(config, workdir: Path) -> bool:
