@@ -144,6 +144,11 @@ def test_saved_model_predicts_like_the_run_and_scores_new_texts_the_same_way(pro
     with open(tmp_path / "out.csv", newline="") as f:
         predicted = [r["predicted"] for r in csv.DictReader(f)]
     assert predicted == [summary["label_names"][i] for i in pipeline.predict(seen["features"]["train"])]
+    # No transformers model computes prompt scores + a probe: export refuses rather than write another model.
+    from tljax import hf
+    with pytest.raises(hf.HFError, match="prompt label scores"):
+        hf.export_classifier_hf(clf, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
 
 
 def test_bad_starts_and_settings_fail_in_one_line_and_write_nothing(pretrained_run, tiny_llama, task, tmp_path,
