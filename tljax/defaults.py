@@ -95,8 +95,9 @@ def finetune_config() -> ml_collections.ConfigDict:
     c.strategy = "full"  # features | light | full | progressive | lora
     # Few-shot recipes: docs/transfer.md "Few-shot recipes".
     c.recipe = ""  # "" = the strategy alone | lpft (probe, then fine-tune from its head) | setfit (pairs + logreg head) | prompt_probe
-    # recipe=prompt_probe (strategy=features): each text's features are the causal LM's log-probabilities of
-    # the label continuations after the filled prompt (the scores of tljax zeroshot), fields as there.
+    # recipe=prompt_probe (strategy=features): each text's features are a causal LM's log-probabilities of
+    # the label continuations after the filled prompt, the scores of tljax zeroshot.
+    # recipe=prompt_probe: how each label of a text is scored (the prompt settings of tljax zeroshot)
     c.prompt = prompt_config()
     c.prompt_probe = ml_collections.ConfigDict(dict(
         hidden=False))  # also the pooled hidden features of strategy=features (see pooling), after the scores
