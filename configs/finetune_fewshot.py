@@ -17,6 +17,13 @@ this file's 20 iterations and >= 5 seeds is still to be made (scripts/bench_fews
 10x the pair steps (250 steps of 16 pairs). On that one seed SetFit (2 iterations) gave 0.689, this
 recipe + 2 rounds of self-training 0.688, and plain full fine-tuning (early stopping on a 20-example
 carve-out) 0.710: this recipe is recommended for needing no validation, not yet for a measured win.
+
+With a causal LM whose zero-shot prompt already works, ``recipe=prompt_probe`` (docs/transfer.md,
+"Few-shot recipes") is the other no-validation recipe: ``--config.init_from=hf:smollm2
+--config.strategy=features --config.recipe=prompt_probe --config.pooling=auto
+--config.prompt.prompt=... --config.prompt.verbalizer=...`` fits a logistic regression on the LM's label
+scores (SmolLM2 zero-shot alone: 0.763 on Rotten Tomatoes); ``scripts/bench_fewshot.py`` runs it as
+``prompt_probe``.
 """
 from tljax.defaults import finetune_config
 

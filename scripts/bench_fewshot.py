@@ -1,5 +1,6 @@
 """Few-shot benchmark: SetFit (PyTorch, the `setfit` package) and tljax's few-shot methods on the same
-labeled subsets, seeds and test set, from the same all-MiniLM-L6-v2 weights.
+labeled subsets, seeds and test set, from the same all-MiniLM-L6-v2 weights (tljax's prompt_probe methods:
+SmolLM2-135M-Instruct's prompt label scores, ``hf:smollm2``).
 
     pip install -e '.[fewshot]'        # setfit + sentence-transformers + torch: for this benchmark only
     python scripts/bench_fewshot.py --budget 100 --seeds 0 1 2 3 4 --json runs/bench_fewshot.json
@@ -33,6 +34,16 @@ TLJAX_METHODS = {
              dict(recipe="lpft", strategy="full", train=dict(lr=1e-5, steps=300, eval_every=25))),
     "setfit": ("tljax: recipe=setfit (configs/finetune_fewshot.py)", dict()),
     "setfit_st": ("tljax: recipe=setfit + 2 rounds of self-training", dict(self_training=dict(rounds=2))),
+    # SmolLM2-135M-Instruct's zero-shot prompt scores (0.763 on this test set with no labels) + logreg.
+    "prompt_probe": ("tljax: SmolLM2 prompt label scores + logreg (recipe=prompt_probe)",
+                     dict(init_from="hf:smollm2", recipe="prompt_probe", strategy="features", pooling="auto",
+                          prompt=dict(prompt="Review: {text}\nSentiment:",
+                                      verbalizer='{"fresh": " positive", "rotten": " negative"}'))),
+    "prompt_probe_hidden": ("tljax: SmolLM2 prompt label scores + last-token features + logreg",
+                            dict(init_from="hf:smollm2", recipe="prompt_probe", strategy="features", pooling="auto",
+                                 prompt_probe=dict(hidden=True),
+                                 prompt=dict(prompt="Review: {text}\nSentiment:",
+                                             verbalizer='{"fresh": " positive", "rotten": " negative"}'))),
 }
 
 
@@ -50,12 +61,13 @@ def run_tljax(method: str, budget: int, seed: int, workdir: Path, iterations: in
     the setfit recipes (the same as SetFit's); max_length: tokens per text."""
     from tljax import finetune
     c = _fewshot_config()
+    c.init_from = "hf:minilm"  # unless the method starts elsewhere (prompt_probe: a causal LM)
     for key, value in TLJAX_METHODS[method][1].items():
         if isinstance(value, dict):
             c[key].update(value)
         else:
             c[key] = value
-    c.init_from, c.seed = "hf:minilm", seed
+    c.seed = seed
     c.data.update(num_labeled=budget, max_len=max_length)
     c.setfit.pair_iterations = iterations
     c.train.checkpoint_every = 0

@@ -86,6 +86,20 @@ def random_llama(seed=0, **config):
     return model.eval()
 
 
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """A random transformers Llama (3 layers, grouped-query, untied head, 512 positions) with a 300-token
+    byte-level BPE, saved as a Hugging Face folder: (folder, the PyTorch model, tokenizer). The causal LM
+    of the prompting tests (tljax zeroshot, recipe=prompt_probe), which only read it."""
+    from test_llama import SHAPES, make_llama
+    from tljax.data import tokenizer as tok_lib
+    docs = ["the of and to in a is that for it as was with be by on not he this are little great"] * 20
+    tokenizer = tok_lib.train_byte_bpe(docs, 300)
+    folder = tmp_path_factory.mktemp("llama")
+    model = make_llama(folder, dict(SHAPES["gqa_untied"], max_position_embeddings=512), tokenizer, seed=1)
+    return folder, model, tokenizer
+
+
 def write_keyword_task(root, sizes=(("train", 120), ("test", 40)), columns=("text", "label"),
                        labels=("neg", "pos"), seed=0):
     """CSV files root/<split>.csv of a two-class task: each text is 8 filler words plus "little" (class 0)

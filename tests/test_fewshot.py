@@ -55,13 +55,20 @@ def ft_config(run, task, strategy="full", **kw):
 @pytest.mark.parametrize("method", [
     dict(strategy="features"), dict(strategy="full"), dict(strategy="full", recipe="lpft"),
     dict(strategy="features", **{"self_training.rounds": 1}),
-    dict(strategy="full", recipe="setfit", **{"self_training.rounds": 1})])
-def test_no_method_reads_more_labels_than_the_budget(method, pretrained_run, csv_task, tmp_path, monkeypatch):
+    dict(strategy="full", recipe="setfit", **{"self_training.rounds": 1}),
+    # a causal LM's prompt scores: the tiny random Llama of the prompting tests
+    dict(strategy="features", recipe="prompt_probe", start="tiny_llama",
+         **{"self_training.rounds": 1, "prompt.prompt": "Text: {text} Label:",
+            "prompt.verbalizer": '{"neg": " little", "pos": " great"}', "prompt.batch_size": 8})])
+def test_no_method_reads_more_labels_than_the_budget(method, pretrained_run, csv_task, tmp_path, monkeypatch,
+                                                     request):
     """With num_labeled=30, every label a method reads (train, validation, anything) is one of 30 examples."""
     loaded = []
     real_load = labeled.load_labeled
     monkeypatch.setattr(labeled, "load_labeled", lambda *a, **k: loaded.append(real_load(*a, **k)) or loaded[-1])
-    finetune.run(ft_config(pretrained_run, csv_task, **method), tmp_path)
+    method = dict(method)
+    start = f"hf:{request.getfixturevalue('tiny_llama')[0]}" if method.pop("start", "") else pretrained_run
+    finetune.run(ft_config(start, csv_task, **method), tmp_path)
     (data,) = loaded
     # The labeled arrays a run gets hold at most 30 labels; the rest of the training file is texts only.
     assert len(data.train.labels) + len(data.validation.labels) == 30 == data.labels_used

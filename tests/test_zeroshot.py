@@ -8,20 +8,9 @@ import pytest
 import torch
 
 from tljax.cli import main as cli_main
-from tljax.data import tokenizer as tok_lib
 from conftest import write_keyword_task
-from test_llama import SHAPES, make_llama
 
 PROMPT = "Text: {text}\nLabel:"
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    docs = ["the of and to in a is that for it as was with be by on not he this are little great"] * 20
-    tokenizer = tok_lib.train_byte_bpe(docs, 300)
-    folder = tmp_path_factory.mktemp("llama")
-    model = make_llama(folder, dict(SHAPES["gqa_untied"], max_position_embeddings=512), tokenizer, seed=1)
-    return folder, model, tokenizer
 
 
 def hand_logprob(model, tokenizer, context: str, continuation: str) -> float:

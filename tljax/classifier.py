@@ -4,10 +4,15 @@
 ``model/`` holds only plain formats (no pickle), so loading needs nothing but that folder:
 
     classifier.json      format, kind, label names (id order), pooling, max_len, batch size, the architecture
-                         (TransformerConfig fields), the probe's kind and classes, where the run started from
+                         (TransformerConfig fields), the probe's kind and classes, where the run started from;
+                         ``prompt`` (recipe=prompt_probe, format version 2): the probe's features are a causal
+                         LM's label scores by prompting ({"prompt", "labels", "continuations", "normalize",
+                         "max_len", "batch_size", "hidden"}: tljax.tasks.prompt), followed by the pooled
+                         features when "hidden"; absent or null: the pooled features alone
     params.safetensors   kind "finetuned": the SequenceClassifier params at the best validation step
                          (backbone, pooler if used, ``classifier`` head); kind "probe": the frozen encoder's
-                         params (no head); flat "/"-joined Flax paths, float32
+                         params (no head; with ``prompt``: the LanguageModel params, LM head included); flat
+                         "/"-joined Flax paths, float32
     probe.safetensors    kinds "probe" / "word_vectors": the fitted probe as arrays: StandardScaler
                          ``mean`` / ``scale``, then LogisticRegression ``coef`` [K', H] / ``intercept`` [K'],
                          or MLPClassifier ``coefs_i`` / ``intercepts_i`` per layer; ``classes`` [K] label ids
@@ -34,7 +39,7 @@ from tljax.tasks import classify
 from tljax.utils import atomic_write_text, write_json
 
 FORMAT = "tljax-classifier"
-VERSION = 1
+VERSION = 2  # 2: a probe on prompt scores (``prompt``); a model without one is still written as version 1
 KINDS = ("finetuned", "probe", "word_vectors")
 MODEL_DIR = "model"
 CHUNK = 8192  # texts tokenized and sorted by length at a time: bounded memory, progress per chunk
@@ -132,7 +137,7 @@ def _save_arrays(tree_or_flat: dict, path: Path) -> None:
 
 def save_model(workdir: str | Path, *, kind: str, label_names: list[str], max_len: int = 0, pooling: str = "",
                batch_size: int = 64, model_config=None, params: dict | None = None, tokenizer=None,
-               probe=None, word_vectors=None, source: dict | None = None) -> Path:
+               probe=None, word_vectors=None, source: dict | None = None, prompt: dict | None = None) -> Path:
     """Write ``workdir/model/`` (replacing an earlier one only once the new one is complete). Returns it.
 
     kind "finetuned": ``params`` = SequenceClassifier params (with ``classifier``), ``model_config`` (a
@@ -140,7 +145,8 @@ def save_model(workdir: str | Path, *, kind: str, label_names: list[str], max_le
     params (no head) + ``probe`` (the fitted scikit-learn pipeline). kind "word_vectors": ``word_vectors``
     (a ``tljax.word2vec.WordVectors``) + ``probe``. ``batch_size``: the batch the run evaluated its test set
     with (prediction reuses it, so it computes exactly the run's numbers). ``source``: JSON facts about the
-    run (init_from, strategy, …), kept for the record."""
+    run (init_from, strategy, …), kept for the record. ``prompt`` (kind "probe" of recipe=prompt_probe): the
+    prompt settings whose label scores are the probe's features (module docstring)."""
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}; use one of {KINDS}")
     workdir = Path(workdir)
@@ -148,10 +154,11 @@ def save_model(workdir: str | Path, *, kind: str, label_names: list[str], max_le
     tmp = workdir / f".{MODEL_DIR}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    meta = {"format": FORMAT, "version": VERSION, "kind": kind, "label_names": [str(n) for n in label_names],
+    # Only a prompt-score probe needs a reader that knows ``prompt``: an older one would feed it pooled features.
+    meta = {"format": FORMAT, "version": VERSION if prompt else 1, "kind": kind, "label_names": [str(n) for n in label_names],
             "max_len": int(max_len), "pooling": pooling, "batch_size": int(batch_size),
             "model": dataclasses.asdict(model_config) if model_config is not None else None,
-            "probe": None, "source": source or {}}
+            "probe": None, "source": source or {}, **({"prompt": prompt} if prompt else {})}
     if kind in ("finetuned", "probe"):
         _save_arrays(params, tmp / "params.safetensors")
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
@@ -233,7 +240,7 @@ def save_run_outputs(workdir: Path, config, data, pre, pooling: str, deploy: dic
         return
     save_model(workdir, kind=deploy["kind"], label_names=names, max_len=config.data.max_len, pooling=pooling,
                batch_size=deploy["batch_size"], model_config=pre.model, params=deploy["params"],
-               tokenizer=pre.tokenizer, probe=deploy.get("probe"), source=source)
+               tokenizer=pre.tokenizer, probe=deploy.get("probe"), source=source, prompt=deploy.get("prompt"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -289,7 +296,8 @@ class Classifier:
         if self.kind == "word_vectors":
             from tljax import word2vec
             self.word_vectors = word2vec.load(folder / "word_vectors")
-        self._fn = self._device_params = None
+        self.prompt = meta.get("prompt")  # prompt-score features (recipe=prompt_probe), or None
+        self._fn = self._device_params = self._scorer = None
 
     @property
     def num_classes(self) -> int:
@@ -322,6 +330,8 @@ class Classifier:
             from tljax.word2vec import text_features
             return probe_proba(self.probe, self.meta["probe"], text_features(self.word_vectors, texts),
                                self.num_classes)
+        if self.prompt:
+            return probe_proba(self.probe, self.meta["probe"], self._prompt_features(texts), self.num_classes)
         ids, mask = classify.encode_texts(self.tokenizer, texts, self.max_len)
         fn, params = self._compiled()
         out = classify.batched_apply(fn, params, ids, mask, self.batch_size)
@@ -329,6 +339,25 @@ class Classifier:
             return probe_proba(self.probe, self.meta["probe"], out, self.num_classes)
         logits = out.astype(np.float64)
         return out.argmax(-1), _softmax(logits)
+
+    def _prompt_features(self, texts: list[str]) -> np.ndarray:
+        """texts [n] -> the features the run's prompt probe was fit on [n, C (+ H)]: the label scores of the
+        saved prompt (tasks.prompt, the run's batch size), then the pooled features when ``hidden``."""
+        from tljax.tasks import prompt as prompt_lib
+        settings, tokenizer = self.prompt, self.tokenizer
+        if self._scorer is None:
+            verbalizer = prompt_lib.make_verbalizer(settings["labels"], settings["continuations"], tokenizer)
+            self._scorer = (prompt_lib.Scorer(self.config, self.params, tokenizer, int(settings["batch_size"])),
+                            verbalizer)
+        scorer, verbalizer = self._scorer
+        # The saved prompt has its escapes read already: it is used as stored.
+        scores = prompt_lib.label_scores(scorer, tokenizer, _Settings(settings), texts, verbalizer, "")
+        hidden = None
+        if settings["hidden"]:
+            ids, mask = classify.encode_texts(tokenizer, texts, self.max_len)
+            fn, params = self._compiled()
+            hidden = classify.batched_apply(fn, params, ids, mask, self.batch_size)
+        return prompt_lib.feature_matrix(scores, hidden)
 
     def predict_ids(self, texts, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """texts (N strings) -> (predicted label ids int64 [N], probabilities float64 [N, C]).
@@ -360,6 +389,13 @@ class Classifier:
     def predict(self, texts) -> list[str]:
         """texts (N strings) -> N predicted label names."""
         return [self.label_names[i] for i in self.predict_ids(texts)[0]]
+
+
+class _Settings:
+    """A saved ``prompt`` dict read as the attributes ``tasks.prompt.label_scores`` uses."""
+
+    def __init__(self, fields: dict):
+        self.prompt, self.normalize, self.max_len = fields["prompt"], fields["normalize"], int(fields["max_len"])
 
 
 def load_classifier(path: str | Path) -> Classifier:

@@ -293,9 +293,9 @@ def _simple_help(command: str, argv: list[str]) -> None:
 def cmd_zeroshot(argv):
     from absl import flags
     from ml_collections import config_flags
-    from tljax import zeroshot
+    from tljax import defaults, zeroshot
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_dict("config", zeroshot.zeroshot_config(), "zeroshot settings", flag_values=fv,
+    config_flags.DEFINE_config_dict("config", defaults.zeroshot_config(), "zeroshot settings", flag_values=fv,
                                     lock_config=True, sys_argv=["tljax"] + list(argv))
     for name, help_ in (("model", "causal LM: a tljax run, hf:FOLDER, hf:smollm2 or gguf:FILE"),
                         ("data", "labeled texts to classify: csv:PATH, jsonl:PATH, tfds:… or builtin:…"),
@@ -307,7 +307,7 @@ def cmd_zeroshot(argv):
         fail(f"{e}")
     except (AttributeError, KeyError):
         bad = next((a for a in argv if a.startswith("--config.")), "")
-        fail(f"unknown config field {bad.split('=')[0]!r}; fields: {', '.join(zeroshot.zeroshot_config())}")
+        fail(f"unknown config field {bad.split('=')[0]!r}; fields: {', '.join(defaults.zeroshot_config())}")
     missing = [name for name in ("model", "data", "workdir") if not getattr(fv, name)]
     if missing:
         fail(f"--{missing[0]} is required; usage: tljax zeroshot --model SRC --data SPEC --workdir DIR "

@@ -187,7 +187,9 @@ PRETRAIN_RULES = {
     "train.keep_checkpoints": POS_INT, "train.run_steps": NONNEG_INT,
 }
 FINETUNE_RULES = {
-    "strategy": one_of("features", "light", "full", "progressive", "lora"), "recipe": one_of("", "lpft", "setfit"),
+    "strategy": one_of("features", "light", "full", "progressive", "lora"), "recipe": one_of("", "lpft", "setfit", "prompt_probe"),
+    "prompt.normalize": one_of("sum", "mean"), "prompt.max_len": POS_INT, "prompt.batch_size": POS_INT,
+    "prompt_probe.hidden": one_of(False, True),
     "lora.rank": POS_INT, "lora.alpha": POSITIVE, "lora.dropout": BELOW_ONE,
     "lora.targets": Rule("a non-empty tuple of regular expressions over kernel paths",
                          lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_is_regex(t) for t in v)),
@@ -297,6 +299,13 @@ def validate_finetune(config, prefix: str = "") -> None:
     if recipe in ("lpft", "setfit") and config.strategy == "features":
         raise ConfigError(f"{prefix}recipe={recipe} trains the encoder: use a gradient strategy (full, light, "
                           f"progressive) with it, or recipe='' for frozen features")
+    if recipe == "prompt_probe":
+        if config.strategy != "features":
+            raise ConfigError(f"{prefix}recipe=prompt_probe fits a probe on frozen prompt scores: use "
+                              f"--config.{prefix}strategy=features with it")
+        if "{text}" not in config.prompt.prompt:
+            raise ConfigError(f"{prefix}prompt.prompt={config.prompt.prompt!r} has no {{text}} placeholder for the "
+                              f"text; e.g. --config.{prefix}prompt.prompt='Review: {{text}}\\nSentiment:'")
     if config.get("self_training", {}).get("rounds", 0) and not (config.strategy == "features" or recipe == "setfit"):
         raise ConfigError(f"{prefix}self_training.rounds needs a probe head: use strategy=features or "
                           f"recipe=setfit with it (or self_training.rounds=0)")
@@ -383,5 +392,6 @@ def builder_docs() -> dict[str, dict[str, str]]:
     tree = ast.parse(source)
     for fn in tree.body:
         if isinstance(fn, ast.FunctionDef):
-            docs[fn.name] = field_docs(ast.get_source_segment(source, fn, padded=True) or "")
+            # Builders defined above document the nodes they fill (finetune_config's prompt = prompt_config()).
+            docs[fn.name] = field_docs(ast.get_source_segment(source, fn, padded=True) or "", dict(docs))
     return docs

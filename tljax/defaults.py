@@ -59,6 +59,33 @@ def pretrain_config(objective: str, kind: str) -> ml_collections.ConfigDict:
     return c
 
 
+def prompt_config() -> ml_collections.ConfigDict:
+    """How a causal LM scores each label of a text by prompting (tljax.tasks.prompt): ``tljax zeroshot`` and
+    finetune's ``recipe=prompt_probe`` (its ``prompt`` node). "\\n" and "\\t" typed as two characters in the
+    prompt and the continuations mean newline and tab, so a shell's "Review: {text}\\nSentiment:" works."""
+    c = ml_collections.ConfigDict()
+    c.prompt = "{text}"  # filled with each text ({text}); the verbalizer continues it
+    c.verbalizer = ""  # JSON object: label (as in the data) -> continuation text, e.g. {"pos": " positive"}
+    c.normalize = "sum"  # "sum" of the continuation's token log-probabilities, or their "mean"
+    c.max_len = 512  # longest scored sequence in tokens; a longer prompt loses tokens at its start
+    c.batch_size = 16  # prompts scored per forward pass
+    return c
+
+
+def zeroshot_config() -> ml_collections.ConfigDict:
+    """Defaults for ``tljax zeroshot``: the prompt settings (``prompt_config``) plus in-context examples."""
+    c = prompt_config()
+    c.k_shot = 0  # in-context examples before each query, drawn class-balanced from `train`
+    c.train = ""  # labeled spec the in-context examples come from (csv:/jsonl:/tfds:/builtin:)
+    c.num_labeled = 0  # the labeled budget the k examples are drawn from (0 = all of `train`)
+    c.example_separator = "\n\n"  # between in-context examples and before the query
+    c.text_field = "text"
+    c.label_field = "label"
+    c.limit = 0  # score only the first N texts (0 = all)
+    c.seed = 0
+    return c
+
+
 def finetune_config() -> ml_collections.ConfigDict:
     """Defaults for ``tljax finetune`` (configs/finetune_classify.py), sized for the tiny pretrained models
     on 2 CPU cores."""
@@ -67,7 +94,13 @@ def finetune_config() -> ml_collections.ConfigDict:
     c.model_like = ""  # with init_from=none: the run whose architecture and tokenizer to use
     c.strategy = "full"  # features | light | full | progressive | lora
     # Few-shot recipes: docs/transfer.md "Few-shot recipes".
-    c.recipe = ""  # "" = the strategy alone | lpft (probe, then fine-tune from its head) | setfit (pairs + logreg head)
+    c.recipe = ""  # "" = the strategy alone | lpft (probe, then fine-tune from its head) | setfit (pairs + logreg head) | prompt_probe
+    # recipe=prompt_probe (strategy=features): each text's features are a causal LM's log-probabilities of
+    # the label continuations after the filled prompt, the scores of tljax zeroshot.
+    # recipe=prompt_probe: how each label of a text is scored (the prompt settings of tljax zeroshot)
+    c.prompt = prompt_config()
+    c.prompt_probe = ml_collections.ConfigDict(dict(
+        hidden=False))  # also the pooled hidden features of strategy=features (see pooling), after the scores
     c.setfit = ml_collections.ConfigDict(dict(
         pair_iterations=20))  # setfit: pairs per labeled example = 2 x this (one same-label, one other-label)
     c.self_training = ml_collections.ConfigDict(dict(

@@ -67,6 +67,9 @@ METHODS = {
                                    self_training_rounds=2),
     "minilm_setfit_st": Method("minilm", "full", "MiniLM: SetFit-style pairs + logreg, self-trained",
                                recipe="setfit", self_training_rounds=2),
+    # The prompting method's label scores (config.prompt) as features of a logreg probe, C by CV.
+    "smollm2_prompt_probe": Method("smollm2", "features", "SmolLM2: prompt label scores + logreg",
+                                   recipe="prompt_probe"),
 }
 DECODER_METHODS = tuple(m for m in METHODS if m.startswith("smollm2"))
 # What the default grid runs (the recipes are opt-in: --config.methods adds them).
@@ -94,10 +97,13 @@ def validate(config) -> None:
     if config.max_epochs <= 0:
         raise config_lib.ConfigError(f"max_epochs={config.max_epochs} must be > 0")
     config_lib.validate_finetune(config.finetune, prefix="finetune.")
-    if any(METHODS[m].strategy == "prompt" for m in config.methods):
+    if "prompt" in config.finetune and config.finetune.prompt.to_dict() != finetune_defaults().prompt.to_dict():
+        raise config_lib.ConfigError("finetune.prompt is set, but the experiment's prompt node decides the prompt "
+                                     "of every prompting cell: set --config.prompt.* instead")
+    if any(METHODS[m].strategy == "prompt" or METHODS[m].recipe == "prompt_probe" for m in config.methods):
         if "{text}" not in config.prompt.prompt or not config.prompt.verbalizer:
             raise config_lib.ConfigError("prompt.prompt needs a {text} placeholder and prompt.verbalizer a JSON "
-                                         "object label -> continuation for the prompting method")
+                                         "object label -> continuation for the prompting methods")
         if int(config.prompt.k_shot) < 0:
             raise config_lib.ConfigError(f"prompt.k_shot={config.prompt.k_shot} must be >= 0")
 
@@ -196,6 +202,12 @@ def cell_config(config, cell: Cell, starts: dict, num_all: int) -> ml_collection
         c.pooling = method.pooling
     if method.strategy != "lora":  # the adapters' settings belong to LoRA cells only
         c.lora = finetune_defaults().lora
+    # The prompt settings: the experiment's prompt node, for prompt_probe cells only.
+    c.prompt = finetune_defaults().prompt
+    if method.recipe == "prompt_probe":
+        c.prompt.update({k: config.prompt[k] for k in c.prompt})
+    else:
+        c.prompt_probe = finetune_defaults().prompt_probe
     c.recipe, c.self_training.rounds = method.recipe, method.self_training_rounds
     c.data.num_labeled = cell.budget
     if method.start == "scratch":
@@ -220,7 +232,7 @@ def prompt_config(config, cell: Cell, starts: dict) -> ml_collections.ConfigDict
     With ``k_shot`` = 0 no label is used: budget and seed do not enter the config, so every such cell is one
     result (computed once, copied to the others)."""
     from tljax.data import labeled as labeled_data
-    from tljax.zeroshot import zeroshot_config
+    from tljax.defaults import zeroshot_config
     train_spec, test_spec = labeled_data.labeled_specs(config.finetune.data)
     z = zeroshot_config()
     p = config.prompt

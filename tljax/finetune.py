@@ -36,6 +36,7 @@ from tljax.models import LanguageModel, SequenceClassifier
 from tljax.pretrained import Pretrained, PretrainedError
 from tljax.state import count_params
 from tljax.tasks import classify, contrastive
+from tljax.tasks import prompt as prompt_lib
 from tljax.tasks import lm as lm_task
 from tljax.utils import cache_dir, compile_seconds, enable_compilation_cache, is_lead_process, log, write_json
 
@@ -427,7 +428,7 @@ def _run(config, workdir: Path, feature_cache: bool) -> dict:
     if config.strategy not in policy.STRATEGIES:
         raise config_lib.ConfigError(f"strategy={config.strategy!r} unknown; use one of {', '.join(policy.STRATEGIES)}")
     policy.parse_rules(config.param_rules)  # a bad rule fails here, before anything is read or written
-    _check_lora_settings(config)
+    _check_unused_settings(config)
     if config.init_from == "none" and config.strategy != "full":
         raise config_lib.ConfigError("init_from=none is the from-scratch baseline: use strategy=full with it")
     word_vectors = is_word_vectors(config.init_from)
@@ -448,9 +449,27 @@ def _run(config, workdir: Path, feature_cache: bool) -> dict:
                "validation_source": config.data.validation if data.extra_validation else "label budget",
                "num_test": int(len(y["test"])), "label_names": data.label_names, "seed": config.seed}
 
+    if word_vectors and recipe == "prompt_probe":
+        raise config_lib.ConfigError(f"{config.init_from} holds word vectors; recipe=prompt_probe needs a causal LM "
+                                     f"with its LM head (e.g. --config.init_from=hf:smollm2)")
     if word_vectors:
         _claim_workdir(config, workdir)
         summary.update(pooling="mean of word vectors", **_run_word_vectors(config, data, y))
+    elif recipe == "prompt_probe":
+        verbalizer = _prompt_verbalizer(config, pre, data.label_names)
+        hidden = None
+        if config.prompt_probe.hidden:
+            encoded = {name: classify.encode_texts(pre.tokenizer, getattr(data, name).texts, config.data.max_len)
+                       for name in ("train", "validation", "test")}
+            model, start_params = classifier_start(config, pre, num_classes, *(a[:1] for a in encoded["train"]))
+            hidden = (model, start_params, encoded)
+            summary["pooling"] = pooling_for(config, pre.model.kind)
+        else:
+            if config.pooling != "auto":
+                log(f"note: pooling={config.pooling} is not used: prompt_probe.hidden=False (label scores only)")
+            summary["pooling"] = ""
+        _claim_workdir(config, workdir)
+        summary.update(_run_prompt_probe(config, pre, verbalizer, data, y, hidden))
     else:
         pooling = pooling_for(config, pre.model.kind)
         encoded = {name: classify.encode_texts(pre.tokenizer, getattr(data, name).texts, config.data.max_len)
@@ -488,15 +507,21 @@ def _run(config, workdir: Path, feature_cache: bool) -> dict:
     return summary
 
 
-def _check_lora_settings(config) -> None:
-    """lora.* settings other than the defaults only mean something with strategy=lora: never ignored silently."""
-    if "lora" not in config or config.strategy == "lora":
-        return
-    default = defaults.finetune_config().lora
-    changed = [k for k in default if config.lora.get(k) != default[k]]
-    if changed:
-        raise config_lib.ConfigError(f"lora.{changed[0]} is set but strategy={config.strategy}: use "
-                                     f"--config.strategy=lora, or drop the lora settings")
+def _check_unused_settings(config) -> None:
+    """lora.* settings other than the defaults only mean something with strategy=lora, prompt.* and
+    prompt_probe.* only with recipe=prompt_probe: never ignored silently. (Not in config.validate_finetune:
+    an experiment's finetune node carries them for the cells of the methods that use them.)"""
+    base = defaults.finetune_config()
+    for node, used, fix in (("lora", config.strategy == "lora", "--config.strategy=lora"),
+                            ("prompt", config.get("recipe", "") == "prompt_probe", "--config.recipe=prompt_probe"),
+                            ("prompt_probe", config.get("recipe", "") == "prompt_probe", "--config.recipe=prompt_probe")):
+        if node not in config or used:
+            continue
+        changed = [k for k in base[node] if config[node].get(k) != base[node][k]]
+        if changed:
+            what = f"strategy={config.strategy}" if node == "lora" else f"recipe={config.get('recipe', '')!r}"
+            raise config_lib.ConfigError(f"{node}.{changed[0]} is set but {what}: use {fix}, or drop the "
+                                         f"{node} settings")
 
 
 def _claim_workdir(config, workdir: Path) -> bool:
@@ -550,8 +575,10 @@ def _run_word_vectors(config, data, y) -> dict:
                           {"kind": "word_vectors", "word_vectors": vectors, "test_features": feats["test"]})
 
 
-def _run_features(config, model, params, pre: Pretrained, data, encoded, y, use_cache: bool) -> dict:
-    t0 = time.time()
+def _hidden_features(config, model, params, pre: Pretrained, data, encoded, use_cache: bool
+                     ) -> tuple[dict, np.ndarray | None]:
+    """The frozen encoder's pooled features: ({"train", "validation", "test"} -> [N, H], the unlabeled
+    pool's [U, H] when ``self_training.rounds``, else None), cached per text with ``use_cache``."""
     fn, feats = features_fn(model), {}  # one compiled function for every split
     encoder = {k: v for k, v in params.items() if k != "classifier"}
     key = [weights_digest(encoder), tok_lib.tokenizer_fingerprint(pre.tokenizer), model.pooling,
@@ -566,10 +593,83 @@ def _run_features(config, model, params, pre: Pretrained, data, encoded, y, use_
         ids_u, mask_u = classify.encode_texts(pre.tokenizer, pool, config.data.max_len) if pool else (ids[:0], mask[:0])
         encode = lambda rows: extract_features(fn, params, ids_u[rows], mask_u[rows], model.cfg.hidden_size)
         unlabeled = cached_features(key, pool, encode) if use_cache else encode(np.arange(len(ids_u)))
+    return feats, unlabeled
+
+
+def _run_features(config, model, params, pre: Pretrained, data, encoded, y, use_cache: bool) -> dict:
+    t0 = time.time()
+    feats, unlabeled = _hidden_features(config, model, params, pre, data, encoded, use_cache)
     log(f"features {feats['train'].shape[1]}-d for {sum(len(f) for f in feats.values())} texts in {time.time() - t0:.1f}s")
     probe = fit_probe(config, feats, y, config.seed, data.extra_validation, unlabeled)
+    encoder = {k: v for k, v in params.items() if k != "classifier"}
     deploy = {"kind": "probe", "params": encoder, "test_features": feats["test"], "batch_size": 128}
     return dict(_probe_summary(probe, y, count_params(encoder), deploy), feature_seconds=time.time() - t0)
+
+
+def prompt_settings(config) -> ml_collections.ConfigDict:
+    """The ``prompt`` node of a finetune config as ``tasks.prompt.label_scores`` reads it: the prompt with its
+    typed escapes read (``\\n`` -> newline)."""
+    settings = ml_collections.ConfigDict(config.prompt.to_dict())
+    settings.prompt = prompt_lib.unescape(settings.prompt)
+    return settings
+
+
+def _prompt_verbalizer(config, pre: Pretrained, label_names: list[str]) -> prompt_lib.Verbalizer:
+    """recipe=prompt_probe's checks before anything is written: a causal LM with its pretrained LM head, and a
+    verbalizer entry for every label of the task. Returns the verbalizer. Raises ConfigError."""
+    prompt_lib.check_causal_lm(pre, config.init_from, "recipe=prompt_probe")
+    verbalizer = prompt_lib.parse_verbalizer(config.prompt.verbalizer, pre.tokenizer)
+    missing = [name for name in label_names if name not in verbalizer.labels]
+    if missing:
+        raise config_lib.ConfigError(f"label(s) {missing[:5]} of the task have no entry in prompt.verbalizer "
+                                     f"(it has {verbalizer.labels}); add them to --config.prompt.verbalizer")
+    return verbalizer
+
+
+def _run_prompt_probe(config, pre: Pretrained, verbalizer, data, y, hidden: tuple | None) -> dict:
+    """recipe=prompt_probe: each text's features are its label scores [C] by prompting the causal LM
+    (``tasks.prompt.label_scores``, C = the verbalizer's labels), then with ``prompt_probe.hidden`` the pooled
+    hidden features [H] (``hidden`` = (model, params, encoded) of the features strategy); the probe and its C
+    as for strategy=features (``fit_probe``: k-fold CV over the whole budget). The prompt scores are not
+    cached: they depend on the prompt, and an experiment times its cells anyway."""
+    t0 = time.time()
+    settings = prompt_settings(config)
+    scorer = prompt_lib.Scorer(pre.model, pre.params, pre.tokenizer, int(settings.batch_size))
+    score = lambda texts: prompt_lib.label_scores(scorer, pre.tokenizer, settings, texts, verbalizer, "")
+    scores = {name: score(getattr(data, name).texts) for name in ("train", "validation", "test")}
+    pool = None
+    if config.self_training.rounds:
+        pool = unlabeled_pool(data.unlabeled, data.test.texts, config.self_training.max_unlabeled, config.seed)
+    unlabeled_scores = score(pool) if pool is not None else None
+    hidden_feats, unlabeled_hidden, encoder = {}, None, {}
+    if hidden is not None:
+        model, params, encoded = hidden
+        hidden_feats, unlabeled_hidden = _hidden_features(config, model, params, pre, data, encoded, use_cache=False)
+        encoder = {k: v for k, v in params.items() if k != "classifier"}
+    feats = {name: prompt_lib.feature_matrix(s, hidden_feats.get(name)) for name, s in scores.items()}
+    unlabeled = (prompt_lib.feature_matrix(unlabeled_scores, unlabeled_hidden) if unlabeled_scores is not None
+                 else None)
+    log(f"prompt_probe: {feats['train'].shape[1]}-d features ({len(verbalizer.labels)} label scores"
+        f"{' + pooled hidden' if hidden is not None else ''}) for {sum(len(f) for f in feats.values())} texts "
+        f"in {time.time() - t0:.1f}s")
+    probe = fit_probe(config, feats, y, config.seed, data.extra_validation, unlabeled)
+    # The reference: the raw scores' argmax (zero-shot), over the task's labels' columns.
+    columns = [verbalizer.labels.index(name) for name in data.label_names]
+    zero_shot = float((scores["test"][:, columns].argmax(1) == y["test"]).mean())
+    log(f"prompt_probe: zero-shot accuracy of the raw scores {zero_shot:.4f}; probe C={probe['best_C']}")
+    # The saved model scores new texts with the whole LM (its LM head) and, with hidden, the encoder.
+    params = {**pre.params, **encoder}
+    deploy = {"kind": "probe", "params": params, "test_features": feats["test"], "batch_size": 128,
+              "prompt": {"prompt": settings.prompt, "labels": verbalizer.labels,
+                         "continuations": verbalizer.continuations, "normalize": settings.normalize,
+                         "max_len": int(settings.max_len), "batch_size": int(settings.batch_size),
+                         "hidden": hidden is not None}}
+    info = {"zero_shot_test_accuracy": zero_shot, "best_C": probe["best_C"], "cv_curve": probe["validation_curve"],
+            "features": int(feats["train"].shape[1]), "hidden": hidden is not None,
+            "verbalizer": dict(zip(verbalizer.labels, verbalizer.continuations)), "prompt": settings.prompt,
+            "normalize": settings.normalize}
+    return dict(_probe_summary(probe, y, count_params(pre.params), deploy), prompt_probe=info,
+                feature_seconds=time.time() - t0)
 
 
 def _linear_probe_head(config, model, start_params: dict, encoded, y, num_classes: int) -> tuple[dict, dict]:

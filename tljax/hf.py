@@ -737,6 +737,9 @@ def is_classifier_run(path) -> bool:
 
 def _exportable(clf) -> None:
     """Raise HFError unless transformers' sequence-classification models compute exactly ``clf``."""
+    if clf.meta.get("prompt"):
+        raise HFError(f"{clf.folder} holds a probe on a causal LM's prompt label scores (recipe=prompt_probe), "
+                      f"which no transformers sequence-classification model expresses; serve it with tljax predict")
     if clf.kind == "word_vectors" or (clf.kind == "probe" and clf.meta["probe"]["kind"] != "logreg"):
         what = "mean word vectors + a probe" if clf.kind == "word_vectors" else "frozen features + an MLP probe"
         raise HFError(f"{clf.folder} holds a classifier of {what}, which no transformers model expresses; "

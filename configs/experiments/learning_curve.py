@@ -22,7 +22,7 @@ from pathlib import Path
 
 import ml_collections
 
-from tljax.defaults import finetune_config
+from tljax.defaults import finetune_config, prompt_config
 from tljax.experiment import DECODER_METHODS, DEFAULT_METHODS
 
 _CONFIGS = Path(__file__).resolve().parents[1]
@@ -53,15 +53,17 @@ def get_config(arg=None):
     # small rate keeps the probe's head); setfit: the pair-tuning stage.
     c.lr = ml_collections.ConfigDict(dict(scratch=5e-4, tljax=5e-4, minilm=5e-5, smollm2=1e-3, lpft=1e-5,
                                           setfit=2e-5))
-    # The prompting method (tljax.zeroshot; labels of Rotten Tomatoes: fresh / rotten).
-    c.prompt = ml_collections.ConfigDict(dict(
-        prompt="Review: {text}\nSentiment:", verbalizer='{"fresh": " positive", "rotten": " negative"}',
-        k_shot=0,  # in-context examples from the cell's label budget (0: zero-shot, no labels used)
-        normalize="sum", max_len=512, batch_size=16, limit=0))
+    # The prompting methods (smollm2_prompt: tljax.zeroshot; smollm2_prompt_probe: a probe on its label
+    # scores). Labels of Rotten Tomatoes: fresh / rotten.
+    c.prompt = prompt_config()
+    c.prompt.update(prompt="Review: {text}\nSentiment:", verbalizer='{"fresh": " positive", "rotten": " negative"}')
+    c.prompt.k_shot = 0  # smollm2_prompt: in-context examples from the cell's label budget (0: zero-shot, no labels)
+    c.prompt.limit = 0  # smollm2_prompt: score only the first N test texts (0 = all)
 
     # Every cell: these fine-tuning settings + its method, budget and seed.
     c.finetune = finetune_config()
     del c.finetune.save_model  # keep_models above decides it for every cell
+    del c.finetune.prompt  # the prompt node above decides it for every prompting cell
     # :quick halves the longest cells (MiniLM at 1,000+ labels) to fit about 15 minutes on 2 cores.
     c.finetune.train.update(steps=150 if quick else 300, eval_every=50, log_every=50, patience=2)
     return c
