@@ -73,3 +73,16 @@ def write_keyword_task(root, sizes=(("train", 120), ("test", 40)), columns=("tex
                 rng.shuffle(words)
                 w.writerow([" ".join(words), labels[i % 2]])
     return root
+
+
+def tiny_pretrain_run(tmp_path_factory, corpus, objective="mlm", kind="bert", **train):
+    """A finished tiny pretraining run (``tiny_pretrain_config``) in a new folder, made on one device with its
+    own data cache: for module-scoped fixtures, where the function-scoped ones are not active yet."""
+    import jax
+    from tljax import pretrain
+    workdir = tmp_path_factory.mktemp(f"pretrained_{objective}")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TLJAX_DATA_DIR", str(tmp_path_factory.mktemp("cache")))
+        mp.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
+        pretrain.run(tiny_pretrain_config(objective, kind, corpus, **train), workdir)
+    return workdir

@@ -47,15 +47,16 @@ def data_keys(data_cfg) -> tuple[str, str]:
     return train_key, (sources.fingerprint(held) if held else train_key + "|holdout")
 
 
-def setup_tokenizer(config, workdir: Path, check=None):
-    """The run's tokenizer: the one saved in the workdir, else data.tokenizer.path, else a newly trained
-    one (cached per data + settings). ``check(tokenizer)`` raises on a config the tokenizer cannot serve.
+def setup_tokenizer(config, workdir: Path, check=None, given=None):
+    """The run's tokenizer: the one saved in the workdir, else ``given`` (continued pretraining: the source's),
+    else data.tokenizer.path, else a newly trained one (cached per data + settings). ``check(tokenizer)``
+    raises on a config the tokenizer cannot serve.
 
     One process: nothing is written into the workdir here (``save_tokenizer`` does, once the whole run is
     validated). Several processes: process 0 prepares, checks and saves it into the workdir, and the others
     load what it saved rather than train their own (training is not deterministic across processes)."""
     def lead():
-        tokenizer = prepare_tokenizer(config, workdir)
+        tokenizer = prepare_tokenizer(config, workdir, given)
         if check is not None:
             check(tokenizer)
         if jax.process_count() > 1:
@@ -72,11 +73,13 @@ def setup_tokenizer(config, workdir: Path, check=None):
     return distributed.lead_first("preparing the tokenizer", lead, saved)
 
 
-def prepare_tokenizer(config, workdir: Path):
+def prepare_tokenizer(config, workdir: Path, given=None):
     """The tokenizer of ``config`` (see ``setup_tokenizer``), without writing into ``workdir``."""
     out = workdir / "tokenizer"
     if (out / "tokenizer.json").exists():
         return tok_lib.load_tokenizer(out)
+    if given is not None:
+        return given
     tcfg = config.data.tokenizer
     if tcfg.path:
         return tok_lib.load_tokenizer(tcfg.path)
