@@ -28,7 +28,7 @@ from tljax.data.sources import SourceError
 from tljax.models import LanguageModel, model_config
 from tljax.models.layers import ACTIVATIONS
 from conftest import tiny_pretrain_config as tiny
-from conftest import tiny_pretrain_run
+from conftest import tiny_pretrain_run, write_keyword_task
 
 REPO = Path(__file__).parents[1]
 
@@ -132,11 +132,23 @@ def test_a_continued_run_resumes_from_its_own_checkpoints(source_run, text_corpu
 
 
 def test_finetune_accepts_a_continued_run(source_run, text_corpus, tmp_path):
+    from tljax import finetune
+    from tljax.defaults import finetune_config
     from tljax.init_from import resolve
-    pretrain.run(adapt(text_corpus, source_run, steps=3), tmp_path)
-    pre = resolve(str(tmp_path))
+    run = tmp_path / "adapted"
+    pretrain.run(adapt(text_corpus, source_run, steps=3), run)
+    pre = resolve(str(run))
     assert pre.tokenizer.get_vocab() == tok_lib.load_tokenizer(source_run / "tokenizer").get_vocab()
     assert pre.model.hidden_size == 32 and set(pre.params) >= {"encoder", "mlm_head", "mlm_bias"}
+    (tmp_path / "task").mkdir()
+    task = write_keyword_task(tmp_path / "task")
+    c = finetune_config()
+    c.init_from, c.strategy, c.save_model = str(run), "features", False  # features: no train step to compile
+    c.data.update(name="", train=f"csv:{task}/train.csv", test=f"csv:{task}/test.csv", max_len=16, batch_size=8,
+                  validation_fraction=0.25)
+    c.mesh.shape = (1, 1, 1)
+    summary = finetune.run(c, tmp_path / "finetuned")
+    assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["init_from"] == str(run)
 
 
 # --- from Hugging Face folders and converted runs ---------------------------------------------------------
@@ -215,7 +227,7 @@ def test_bad_starting_points_are_one_line_config_errors_and_write_nothing(source
         pretrain.run(other_tokenizer, workdir)
     new_vocab = adapt(text_corpus, source_run)
     new_vocab.data.tokenizer.vocab_size = 500
-    with pytest.raises(ConfigError, match=r"data.tokenizer.vocab_size=500 .* no new vocabulary"):
+    with pytest.raises(ConfigError, match=r"data.tokenizer.vocab_size=500 .*\(no new vocabulary; its vocab_size is 300\)"):
         pretrain.run(new_vocab, workdir)
     assert not workdir.exists()
 
@@ -242,6 +254,17 @@ def test_adapt_config_sets_no_architecture(tmp_path, text_corpus):
     assert {k: resolved.model[k] for k in ("hidden_size", "num_layers", "max_len", "vocab_size")} == {
         "hidden_size": 32, "num_layers": 2, "max_len": 64, "vocab_size": len(pre.tokenizer)}
     config_lib.validate_pretrain(resolved)
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "configs").glob("*.py")))
+def test_every_config_file_loads_and_validates(path):
+    config = config_lib.load_config_file(REPO / "configs" / path)
+    if "objective" in config:
+        config_lib.validate_pretrain(config)
+    elif "strategy" in config:
+        config_lib.validate_finetune(config)
+    else:
+        config_lib.validate_word2vec(config)
 
 
 # --- text sources -----------------------------------------------------------------------------------------
@@ -285,3 +308,16 @@ def test_rotten_tomatoes_train_text_never_yields_a_test_text(tmp_path, monkeypat
     data_cfg.update(source="builtin:rotten_tomatoes_train_text", holdout=0.3)
     both = list(lm_data.train_documents(data_cfg)) + list(lm_data.eval_documents(data_cfg))
     assert sorted(both) == sorted(docs)
+
+
+def test_packing_ignores_a_tokenizers_own_truncation_and_padding(text_corpus):
+    """MiniLM's tokenizer.json truncates and pads to 128: packing must still see whole, unpadded documents."""
+    from tljax.data import packing
+    padded = tok_lib.train_wordpiece([(text_corpus / "part0.txt").read_text()], 200)
+    docs = ["the of and to in a is that for it as was with be by on not he this are", "the world"]
+    want = packing.token_stream(docs, padded, 3)
+    padded.backend_tokenizer.enable_truncation(max_length=4)
+    padded.backend_tokenizer.enable_padding(length=8, pad_id=0)
+    np.testing.assert_array_equal(packing.token_stream(docs, padded, 3), want)
+    assert len(want) > 20 and 0 not in want.tolist()
+    assert padded.backend_tokenizer.truncation is not None  # the tokenizer itself is left as it was

@@ -120,6 +120,9 @@ def resolve_config(config, pre: Pretrained, spec: str, given=()) -> ml_collectio
             raise ConfigError(f"data.tokenizer.path={tokenizer_cfg.path} is not the tokenizer of init_from={spec} "
                               f"({len(other)} vs {len(pre.tokenizer)} tokens, or other ids); continued pretraining "
                               f"keeps the source's tokenizer: set data.tokenizer.path=''")
+    if config.data.seq_len > pre.model.max_len:
+        raise ConfigError(f"data.seq_len={config.data.seq_len} exceeds the max_len {pre.model.max_len} of "
+                          f"init_from={spec}; set --config.data.seq_len={pre.model.max_len} or lower")
     model = dict(source, **{f: config.model[f] for f in RUNTIME if f in config.model})
     resolved = config.copy_and_resolve_references()
     with resolved.unlocked():
