@@ -22,7 +22,7 @@ def pretrain_config(objective: str, kind: str) -> ml_collections.ConfigDict:
     # attention_impl, remat and scan_layers come from this config. Checkpoints in the workdir resume instead.
     c.init_from = ""  # "" = from scratch | a pretraining workdir (or converted run) | hf:FOLDER | hf:minilm | gguf:FILE
 
-    # Architecture (tljax.models.TransformerConfig). vocab_size 0 = the tokenizer's size, rounded up to 128.
+    # Architecture (TransformerConfig; with init_from: the source's). vocab_size 0 = the tokenizer's size, rounded to 128.
     c.model = ml_collections.ConfigDict(dict(
         kind=kind, vocab_size=0, hidden_size=128, num_layers=2, num_heads=2, mlp_dim=512, max_len=128,
         type_vocab_size=2, dropout=0.1, attention_dropout=0.1,
