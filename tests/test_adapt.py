@@ -207,6 +207,39 @@ def test_continued_pretraining_lowers_the_held_out_loss(text_corpus, tmp_path):
     assert summary["init_eval_loss"] > summary["unigram_loss"]  # the fresh head starts worse than unigram counts
 
 
+def test_continuing_a_gpt_run_keeps_its_tied_lm_head(text_corpus, tmp_path, tmp_path_factory):
+    source = tiny_pretrain_run(tmp_path_factory, text_corpus, "clm", "gpt", steps=3)
+    config = tiny("clm", "gpt", text_corpus, steps=2)
+    config.init_from = str(source)
+    summary = pretrain.run(config, tmp_path / "run")
+    assert summary["lm_head"] == "tied" and summary["objective"] == "clm"
+    np.testing.assert_allclose(summary["init_eval_loss"],
+                               json.loads((source / "summary.json").read_text())["eval_loss"], rtol=1e-5)
+
+
+def test_an_untied_llama_keeps_its_own_lm_head(text_corpus, tmp_path):
+    tokenizer = tok_lib.train_byte_bpe([(text_corpus / "part0.txt").read_text()], 300)
+    cfg = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                   max_position_embeddings=64, tie_word_embeddings=False, bos_token_id=0,
+                                   eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg)
+    model.save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    config = tiny("clm", "llama", text_corpus)
+    defaults = pretrain_config("clm", "llama")
+    config.model, config.data.tokenizer = defaults.model, defaults.data.tokenizer
+    config.init_from = f"hf:{tmp_path / 'llama'}"
+    start = continued.load(config, tmp_path / "run")
+    assert start.head == "own" and start.config.model.kind == "llama" and not start.config.model.tie_embeddings
+    np.testing.assert_array_equal(start.params["lm_head"]["kernel"], model.lm_head.weight.detach().numpy().T)
+    mlm = adapt(text_corpus, f"hf:{tmp_path / 'llama'}")
+    with pytest.raises(ConfigError, match=r"objective=mlm needs a BERT source .* is a llama model"):
+        continued.load(mlm, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 # --- refusals ---------------------------------------------------------------------------------------------
 
 
