@@ -272,7 +272,9 @@ def test_cli_checks_an_explicit_field_even_at_its_default(source_run, tmp_path):
                         "--config.model.hidden_size=128"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "model.hidden_size=128 contradicts init_from" in lines[0], r.stderr
+    assert lines == [f"tljax: error: model.hidden_size=128 contradicts init_from={source_run}, whose hidden_size is 32: "
+                     f"continued pretraining keeps the source's architecture; drop the setting (configs/adapt_mlm.py "
+                     f"sets none) or set it to 32"], r.stderr
     assert not (tmp_path / "run").exists()
 
 
@@ -311,6 +313,11 @@ def test_csv_source_reads_one_column(tmp_path):
     with pytest.raises(SourceError, match=r"has no column 'body' \(columns: text, label, review\)"):
         list(sources.iter_documents(f"csv:{path}@body"))
     assert sources.fingerprint(f"csv:{path}") != sources.fingerprint(f"csv:{path}@review")
+    # A pretraining config naming a missing column is refused when validated, before any data is read.
+    config = tiny("mlm", "bert", tmp_path)
+    config.data.source = f"csv:{path}@body"
+    with pytest.raises(SourceError, match=r"has no column 'body'"):
+        config_lib.validate_pretrain(config)
 
 
 def _write_prepared(cache: Path, splits: dict, corpus: list[dict]) -> None:

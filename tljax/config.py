@@ -284,9 +284,9 @@ def validate_pretrain(config) -> None:
         raise ConfigError(f"mlm.mask_prob + mlm.random_prob = {config.mlm.mask_prob + config.mlm.random_prob} "
                           f"exceeds 1; lower one of them")
     from tljax.data import sources
-    sources.parse_spec(config.data.source)
+    sources.check_spec(config.data.source)
     if config.data.eval_source:
-        sources.parse_spec(config.data.eval_source)
+        sources.check_spec(config.data.eval_source)
     _check_mesh(config.mesh, batch_size=config.data.batch_size, rules=config.sharding_rules)
 
 

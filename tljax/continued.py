@@ -161,10 +161,13 @@ def load(config, workdir: Path, given=()) -> Start:
     resuming = has_checkpoints(workdir)
     # Resuming: the workdir's own config.json and tokenizer/ are the architecture and tokenizer (the
     # source's weights are not needed again, and the source may be gone).
-    pre = load_run(workdir, with_weights=False) if resuming else init_from_lib.resolve(spec)
+    # The config is checked against the source's description before its weights are read (a refusal costs
+    # no 90 MB read and prints nothing but its one line).
+    pre = load_run(workdir, with_weights=False) if resuming else init_from_lib.resolve(spec, with_weights=False)
     resolved = resolve_config(config, pre, spec, given)
     if resuming:
         return Start(resolved, pre.tokenizer, None, "resumed")
+    pre = init_from_lib.resolve(spec)
     params = start_params(pre, resolved)
     kind = pre.model.kind
     if kind == "bert":

@@ -166,6 +166,25 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return kind, args
 
 
+def check_spec(spec: str) -> None:
+    """Raise SourceError now for what can be seen without reading the data: the form of the spec and, for
+    ``csv:``, that every file has the column (its header row)."""
+    kind, args = parse_spec(spec)
+    if kind != "csv":
+        return
+    patterns, field = _split_field(args)
+    for path in resolve_files(patterns):
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            try:
+                header = [c.strip() for c in next(csv.reader(f), [])]
+            except (csv.Error, UnicodeDecodeError) as e:
+                raise SourceError(f"{path} does not start with a CSV header row ({type(e).__name__}); "
+                                  f"check that it is a UTF-8 CSV file") from None
+        if field not in header:
+            raise SourceError(f"{path} has no column {field!r} (columns: {', '.join(header) or 'none'}); "
+                              f"name the text column with 'csv:{patterns}@COLUMN'")
+
+
 def iter_documents(spec: str) -> Iterator[str]:
     """Yield the documents (non-empty strings) of a source spec, in a fixed order."""
     kind, args = parse_spec(spec)
