@@ -15,8 +15,8 @@ import torch  # noqa: F401  (a test dependency: the export parity needs PyTorch 
 import transformers
 
 import tljax
-from conftest import tiny_pretrain_config, write_keyword_task
-from tljax import classifier, experiment, finetune, hf, pretrain
+from conftest import tiny_pretrain_run, write_keyword_task
+from tljax import classifier, experiment, finetune, hf
 from tljax import config as config_lib
 from tljax.cli import main as cli_main
 from tljax.data import tokenizer as tok_lib
@@ -39,12 +39,7 @@ def full_precision():
 
 @pytest.fixture(scope="module")
 def pretrained_run(text_corpus, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("pretrained")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TLJAX_DATA_DIR", str(tmp_path_factory.mktemp("cache")))
-        mp.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
-        pretrain.run(tiny_pretrain_config("mlm", "bert", text_corpus, steps=20), workdir)
-    return workdir
+    return tiny_pretrain_run(tmp_path_factory, text_corpus, steps=20)
 
 
 @pytest.fixture(scope="module")

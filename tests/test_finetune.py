@@ -5,8 +5,8 @@ import numpy as np
 import jax
 import pytest
 
-from conftest import tiny_pretrain_config, write_keyword_task
-from tljax import finetune, pretrain
+from conftest import tiny_pretrain_run, write_keyword_task
+from tljax import finetune
 from tljax.config import ConfigError
 from tljax.pretrained import PretrainedError
 
@@ -27,12 +27,7 @@ def one_device(monkeypatch):
 
 @pytest.fixture(scope="module")
 def pretrained_run(text_corpus, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("pretrained")
-    with pytest.MonkeyPatch.context() as mp:  # module scope: the function-scoped fixtures are not active yet
-        mp.setenv("TLJAX_DATA_DIR", str(tmp_path_factory.mktemp("cache")))
-        mp.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
-        pretrain.run(tiny_pretrain_config("mlm", "bert", text_corpus, steps=20), workdir)
-    return workdir
+    return tiny_pretrain_run(tmp_path_factory, text_corpus, steps=20)
 
 
 @pytest.fixture(scope="module")
