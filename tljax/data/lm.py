@@ -120,7 +120,11 @@ def packed_sequences(docs_fn, spec_key: str, tokenizer, config) -> np.ndarray:
     Process 0 builds the cache first; the others then load it (or, with a cache per host, build the same)."""
     kind = config.model.kind
     sep = tokenizer.sep_token_id if kind == "bert" else tokenizer.eos_token_id
-    key = packing.cache_key(spec_key, tok_lib.tokenizer_fingerprint(tokenizer), str(config.data.seq_len), kind)
+    backend = tokenizer.backend_tokenizer
+    # A tokenizer with its own truncation / padding was once packed with them (cut, [PAD]-filled rows):
+    # such arrays in a cache are not reused. Other tokenizers keep their keys (and caches).
+    whole = ("whole_documents",) if backend.truncation is not None or backend.padding is not None else ()
+    key = packing.cache_key(spec_key, tok_lib.tokenizer_fingerprint(tokenizer), str(config.data.seq_len), kind, *whole)
 
     def build():
         t0 = time.time()
