@@ -60,15 +60,7 @@ def tiny_pretrain_config(objective, kind, corpus, **train):
 def pretrained_run(text_corpus, tmp_path_factory):
     """A tiny BERT MLM pretraining run (20 steps, one device) shared by the fine-tuning tests, which only
     read it; a module may define its own ``pretrained_run`` of other settings."""
-    import jax
-
-    from tljax import pretrain
-    workdir = tmp_path_factory.mktemp("pretrained")
-    with pytest.MonkeyPatch.context() as mp:  # session scope: the function-scoped fixtures are not active
-        mp.setenv("TLJAX_DATA_DIR", str(tmp_path_factory.mktemp("pretrain_cache")))
-        mp.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
-        pretrain.run(tiny_pretrain_config("mlm", "bert", text_corpus, steps=20), workdir)
-    return workdir
+    return tiny_pretrain_run(tmp_path_factory, text_corpus, steps=20)
 
 
 def random_llama(seed=0, **config):
@@ -117,3 +109,16 @@ def write_keyword_task(root, sizes=(("train", 120), ("test", 40)), columns=("tex
                 rng.shuffle(words)
                 w.writerow([" ".join(words), labels[i % 2]])
     return root
+
+
+def tiny_pretrain_run(tmp_path_factory, corpus, objective="mlm", kind="bert", **train):
+    """A finished tiny pretraining run (``tiny_pretrain_config``) in a new folder, made on one device with its
+    own data cache: for module-scoped fixtures, where the function-scoped ones are not active yet."""
+    import jax
+    from tljax import pretrain
+    workdir = tmp_path_factory.mktemp(f"pretrained_{objective}")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TLJAX_DATA_DIR", str(tmp_path_factory.mktemp("cache")))
+        mp.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
+        pretrain.run(tiny_pretrain_config(objective, kind, corpus, **train), workdir)
+    return workdir

@@ -11,7 +11,7 @@ LAYERS = {
     2: ("config", "defaults", "policy", "lora", "state", "checkpoint", "metrics", "memory", "workdir", "objectives",
         "models", "data"),
     3: ("engine", "tasks", "pretrained", "word2vec"),
-    4: ("init_from", "gguf_import", "hf", "classifier"),
+    4: ("init_from", "gguf_import", "hf", "classifier", "continued"),
     5: ("pretrain", "finetune", "zeroshot"),
     6: ("cli", "experiment", "__init__"),
 }

@@ -14,6 +14,7 @@ from conftest import write_keyword_task
 from tljax import config as config_lib
 from tljax import experiment, finetune
 from tljax.config import ConfigError
+from tljax.data import prepared, sources
 
 REPO = Path(__file__).parents[1]
 
@@ -228,3 +229,64 @@ def test_decoder_methods_on_a_tiny_llama(task, text_corpus, tmp_path, monkeypatc
     monkeypatch.setattr(finetune, "run", lambda *a, **k: pytest.fail("a finished cell ran again"))
     again = experiment.run(c, tmp_path / "lc")
     assert len(again["rows"]) == 6 and len(scored) == 1
+
+
+def test_task_adaptive_methods_pretrain_on_training_texts_only(task, text_corpus, tmp_path, monkeypatch):
+    """tljax_tapt: the experiment's tljax start trained further with MLM on the task's training texts (made
+    once), then full fine-tuning; the adaptation source is the training file's text column, not the test's."""
+    assert "tljax_tapt" not in experiment.DEFAULT_METHODS and "minilm_tapt" not in experiment.DEFAULT_METHODS
+    config = mini_config(task, text_corpus, tmp_path)
+    tapt_file = tmp_path / "tiny_tapt.py"
+    tapt_file.write_text(textwrap.dedent("""
+        from tljax.defaults import pretrain_config
+        def get_config(arg=None):
+            c = pretrain_config("mlm", "bert")
+            c.init_from = "hf:minilm"  # replaced by the experiment's start
+            c.data.update(holdout=0.2, seq_len=32, batch_size=4)
+            c.train.update(steps=4, warmup_steps=1, lr=1e-3, log_every=2, eval_every=4, checkpoint_every=4,
+                           eval_batches=1)
+            c.mesh.shape = (1, 1, 1)
+            return c
+    """))
+    config.methods, config.budgets, config.seeds = ("tljax_tapt",), (20,), (0,)
+    config.tapt.config = str(tapt_file)
+    source = experiment.tapt_source(config.finetune.data)
+    assert source == f"csv:{task}/train.csv@text"
+    with open(task / "test.csv", newline="") as f:
+        test_texts = {row["text"] for row in csv.DictReader(f)}
+    docs = list(sources.iter_documents(source))
+    assert len(docs) == 120 and not set(docs) & test_texts
+
+    experiment.run(config, tmp_path / "lc")
+    adapted = json.loads((tmp_path / "lc" / "tljax_tapt" / "config.json").read_text())
+    assert adapted["init_from"] == str(tmp_path / "lc" / "pretrain") and adapted["data"]["source"] == source
+    summary = json.loads((tmp_path / "lc" / "tljax_tapt" / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["lm_head"] == "reused"
+    cell = json.loads((tmp_path / "lc" / "cells" / "tljax_tapt" / "20_s0" / "config.json").read_text())
+    assert cell["init_from"] == str(tmp_path / "lc" / "tljax_tapt") and cell["strategy"] == "full"
+    costs = json.loads((tmp_path / "lc" / "pretraining_costs.json").read_text())
+    assert costs["tljax_tapt"] > 0
+
+
+def test_rotten_tomatoes_tapt_source_has_no_test_text(tmp_path, monkeypatch):
+    """The built-in task's adaptation source: training reviews + plot synopses, never a test review (even one
+    that also occurs in the training split, or among the plots)."""
+    monkeypatch.setenv("TLJAX_DATA_DIR", str(tmp_path))
+    rt = tmp_path / "rotten_tomatoes"
+    rt.mkdir()
+    splits = {"train": ["good film", "same text"], "validation": ["a validation review"],
+              "test": ["a test review", "same text"]}
+    for name, texts in splits.items():
+        (rt / f"{name}.jsonl").write_text("".join(json.dumps({"text": t, "label": 0, "movie": "m"}) + "\n"
+                                                  for t in texts))
+    (rt / "manifest.json").write_text(json.dumps({"version": prepared.RT_PREP_VERSION}))
+    (tmp_path / "corpus").mkdir()
+    plots = [{"text": "a plot", "source": "rt_plots"}, {"text": "a test review", "source": "rt_plots"}]
+    for name in ("train", "eval"):
+        (tmp_path / "corpus" / f"{name}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in plots))
+    (tmp_path / "corpus" / "manifest.json").write_text("{}")
+    data = config_lib.load_config_file(REPO / "configs" / "experiments" / "learning_curve.py").finetune.data
+    source = experiment.tapt_source(data)
+    assert source == "builtin:rotten_tomatoes_train_text"
+    docs = list(sources.iter_documents(source))
+    assert docs == ["good film", "a plot"] and not set(docs) & set(prepared.load_rt_split("test")[0])

@@ -91,8 +91,10 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path):
 def test_cli_main_from_python_applies_overrides(tmp_path, monkeypatch):
     from tljax import cli
     seen = {}
-    monkeypatch.setattr(pretrain, "run", lambda config, workdir: seen.update(steps=config.train.steps, workdir=workdir))
+    monkeypatch.setattr(pretrain, "run", lambda config, workdir, given=(): seen.update(
+        steps=config.train.steps, workdir=workdir, given=given))
     monkeypatch.setattr("sys.argv", ["pytest"])  # unlike a console-script call, sys.argv is not this argv
     cli.main(["pretrain", "--config", "configs/bert_mlm_tiny.py", "--workdir", str(tmp_path),
               "--config.train.steps=7"])
-    assert seen == {"steps": 7, "workdir": str(tmp_path)}
+    # given: the fields set on the command line (continued pretraining checks them against its source)
+    assert seen == {"steps": 7, "workdir": str(tmp_path), "given": ("train.steps",)}

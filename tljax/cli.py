@@ -260,9 +260,16 @@ def run_config_command(argv, run, interrupted: str, multiprocess: bool = False, 
         fail(f"interrupted; {interrupted}", 130)
 
 
+def overridden_fields(argv: list[str]) -> tuple[str, ...]:
+    """The dotted config fields ``argv`` sets with ``--config.FIELD=VALUE`` / ``--config.FIELD VALUE``."""
+    return tuple(a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config."))
+
+
 def cmd_pretrain(argv):
     from tljax import pretrain
-    run_config_command(argv, pretrain.run, "the last checkpoint is kept, re-run the same command to resume",
+    given = overridden_fields(argv)  # with init_from, an explicit model field is checked against the source
+    run_config_command(argv, lambda config, workdir: pretrain.run(config, workdir, given=given),
+                       "the last checkpoint is kept, re-run the same command to resume",
                        multiprocess=True, command="pretrain")
 
 

@@ -18,13 +18,13 @@ import ml_collections
 from tljax.utils import write_json
 
 # Fields whose change makes an existing checkpoint meaningless for this run.
-RESUME_CRITICAL = ("objective", "model", "data.seq_len", "data.tokenizer")
+RESUME_CRITICAL = ("objective", "init_from", "model", "data.seq_len", "data.tokenizer")
 # Within those, fields that only change how the step computes (parameters stay float32 and keep their
 # paths): a run may resume with another precision or remat policy, e.g. to fit memory.
 RESUME_FREE = ("model.dtype", "model.remat", "model.attention_impl")
 # Fields added after runs were saved without them: absent means this value, the old behaviour.
 ADDED_FIELDS = {"model.scan_layers": False, "model.num_kv_heads": 0, "model.rope_theta": 10000.0,
-                "model.rope_scaling": "", "model.tie_embeddings": True}
+                "model.rope_scaling": "", "model.tie_embeddings": True, "init_from": ""}
 
 
 class ConfigError(ValueError):
@@ -35,10 +35,13 @@ def to_dict(config) -> dict:
     return json.loads(config.to_json_best_effort()) if isinstance(config, ml_collections.ConfigDict) else config
 
 
-def _get(tree: dict, dotted: str):
+_ABSENT = object()
+
+
+def _get(tree: dict, dotted: str, absent=None):
     for part in dotted.split("."):
         if not isinstance(tree, dict) or part not in tree:
-            return None
+            return absent
         tree = tree[part]
     return tree
 
@@ -56,7 +59,9 @@ def resume_differences(saved: dict, current: dict) -> list[str]:
     """The resume-critical fields that differ, as ``field: saved -> current`` strings."""
     diffs = []
     for key in RESUME_CRITICAL:
-        old, new = dict(flatten(_get(saved, key), key)), dict(flatten(_get(current, key), key))
+        saved_value = _get(saved, key, _ABSENT)
+        old = {} if saved_value is _ABSENT else dict(flatten(saved_value, key))  # absent: saved before it existed
+        new = dict(flatten(_get(current, key), key))
         for field in sorted(set(old) | set(new)):
             if field in RESUME_FREE:
                 continue
@@ -176,7 +181,9 @@ _OPTIMIZER_RULES = {
     "train.grad_clip": NONNEG, "train.log_every": POS_INT, "train.eval_every": POS_INT,
 }
 PRETRAIN_RULES = {
-    "objective": one_of("mlm", "clm"), "seed": NONNEG_INT, **_MODEL_RULES,
+    "objective": one_of("mlm", "clm"), "seed": NONNEG_INT,
+    "init_from": Rule("'' (from scratch), a pretraining workdir, hf:FOLDER, hf:minilm or gguf:FILE",
+                      lambda v: isinstance(v, str) and v.strip() == v and v != "none"), **_MODEL_RULES,
     "mlm.rate": FRACTION, "mlm.mask_prob": PROBABILITY, "mlm.random_prob": PROBABILITY,
     "data.holdout": BELOW_ONE, "data.subsample": FRACTION, "data.seq_len": Rule("an integer >= 2",
                                                                                   lambda v: _is_int(v) and v >= 2),
@@ -279,9 +286,9 @@ def validate_pretrain(config) -> None:
         raise ConfigError(f"mlm.mask_prob + mlm.random_prob = {config.mlm.mask_prob + config.mlm.random_prob} "
                           f"exceeds 1; lower one of them")
     from tljax.data import sources
-    sources.parse_spec(config.data.source)
+    sources.check_spec(config.data.source)
     if config.data.eval_source:
-        sources.parse_spec(config.data.eval_source)
+        sources.check_spec(config.data.eval_source)
     _check_mesh(config.mesh, batch_size=config.data.batch_size, rules=config.sharding_rules)
 
 

@@ -17,8 +17,12 @@ def pretrain_config(objective: str, kind: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.objective = objective  # "mlm" | "clm"
     c.seed = 0  # init, masking, dropout and data order all derive from it
+    # Continued pretraining (docs/pretraining.md) keeps the source's tokenizer and architecture: model.* left at
+    # these defaults come from it (a different value is an error); dropout, attention_dropout, dtype,
+    # attention_impl, remat and scan_layers come from this config. Checkpoints in the workdir resume instead.
+    c.init_from = ""  # "" = from scratch | a pretraining workdir (or converted run) | hf:FOLDER | hf:minilm | gguf:FILE
 
-    # Architecture (tljax.models.TransformerConfig). vocab_size 0 = the tokenizer's size, rounded up to 128.
+    # Architecture (TransformerConfig; with init_from: the source's). vocab_size 0 = the tokenizer's size, rounded to 128.
     c.model = ml_collections.ConfigDict(dict(
         kind=kind, vocab_size=0, hidden_size=128, num_layers=2, num_heads=2, mlp_dim=512, max_len=128,
         type_vocab_size=2, dropout=0.1, attention_dropout=0.1,
@@ -36,7 +40,8 @@ def pretrain_config(objective: str, kind: str) -> ml_collections.ConfigDict:
     c.param_rules = ()
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "builtin:corpus"  # text:GLOB | jsonl:GLOB[@field] | tfds:name/config:split | builtin:corpus
+    # builtin:rotten_tomatoes_train_text = the Rotten Tomatoes training reviews + plot synopses (never test texts)
+    c.data.source = "builtin:corpus"  # text:GLOB | jsonl:GLOB[@field] | csv:GLOB[@field] | tfds:name/config:split | builtin:NAME
     # "" = builtin:corpus_eval when training on builtin:corpus, else data.holdout of data.source's documents
     c.data.eval_source = ""
     c.data.holdout = 0.01  # held-out fraction of data.source when eval_source is "" (documents, or chunks of few)

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from tljax import distributed, memory, policy
@@ -92,16 +93,31 @@ def setup(init_params: Callable[[jax.Array], Any], train_cfg, mesh_cfg, rules_cf
           rules: Sequence[policy.Rule] = (), start_params=None, devices=None) -> Setup:
     """Build the optimizer from ``rules`` (the parameter policy) and create the sharded TrainState.
 
-    init_params(rng) -> boxed params (``model.init(...)['params']``); start_params: a host tree of the same
-    structure to start from instead of the initialiser's values (e.g. a pretrained backbone + fresh head)."""
+    init_params(rng) -> boxed params (``model.init(...)['params']``); start_params: a host tree to start from
+    instead of the initialiser's values (e.g. a pretrained backbone + fresh head). Subtrees it leaves out keep
+    the initialiser's values (e.g. a pooler the checkpoint lacks); a path the model lacks is a ValueError."""
     mesh = shd.make_mesh(mesh_cfg.axes, mesh_cfg.shape, devices)
     logical_rules = shd.rules_from_config(rules_cfg)
     abstract = jax.eval_shape(lambda r: nn.meta.unbox(init_params(r)), jax.random.key(0))
     tx, labels, plans = policy.make_optimizer(train_cfg, abstract, rules)
     state, sharding = create_train_state(init_params, tx, mesh, logical_rules, seed)
     if start_params is not None:
-        state = state.replace(params=jax.device_put(start_params, sharding.params))
+        state = state.replace(params=_overlay(state.params, start_params, sharding.params))
     return Setup(state, sharding, tx, policy.lr_schedule(train_cfg), labels, plans, mesh, logical_rules)
+
+
+def _overlay(params, start_params, shardings):
+    """``params`` (device tree) with every leaf ``start_params`` (host tree, maybe partial) has replaced by
+    it, placed with ``shardings``."""
+    flat, given = traverse_util.flatten_dict(params), traverse_util.flatten_dict(start_params)
+    extra = sorted("/".join(p) for p in set(given) - set(flat))
+    if extra:
+        raise ValueError(f"start_params has {len(extra)} path(s) the model lacks: {', '.join(extra[:4])}")
+    if len(given) == len(flat):
+        return jax.device_put(start_params, shardings)
+    where = traverse_util.flatten_dict(shardings)
+    return traverse_util.unflatten_dict({p: jax.device_put(given[p], where[p]) if p in given else v
+                                         for p, v in flat.items()})
 
 
 # ----------------------------------------------------------------------------------------------------

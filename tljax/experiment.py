@@ -70,10 +70,16 @@ METHODS = {
     # The prompting method's label scores (config.prompt) as features of a logreg probe, C by CV.
     "smollm2_prompt_probe": Method("smollm2", "features", "SmolLM2: prompt label scores + logreg",
                                    recipe="prompt_probe"),
+    # Task-adaptive pretraining (TAPT): more MLM on the task's unlabeled training texts, then full fine-tuning.
+    "tljax_tapt": Method("tljax_tapt", "full", "tljax MLM + task-adaptive MLM: full"),
+    "minilm_tapt": Method("minilm_tapt", "full", "MiniLM + task-adaptive MLM: full"),
 }
+# Starts made by continued MLM pretraining of another start on the task's training texts (make_tapt_start).
+TAPT_BASES = {"tljax_tapt": "tljax", "minilm_tapt": "minilm"}
 DECODER_METHODS = tuple(m for m in METHODS if m.startswith("smollm2"))
 # What the default grid runs (the recipes are opt-in: --config.methods adds them).
-DEFAULT_METHODS = tuple(m for m in METHODS if not METHODS[m].recipe and not METHODS[m].self_training_rounds)
+DEFAULT_METHODS = tuple(m for m in METHODS if not METHODS[m].recipe and not METHODS[m].self_training_rounds
+                        and METHODS[m].start not in TAPT_BASES)
 
 CSV_FIELDS = ("method", "start", "strategy", "labels", "num_labeled", "labels_used", "num_train", "seed", "test_accuracy", "test_macro_f1",
               "forgetting", "trainable_params", "wall_seconds", "best_step", "steps")
@@ -100,6 +106,8 @@ def validate(config) -> None:
     if "prompt" in config.finetune and config.finetune.prompt.to_dict() != finetune_defaults().prompt.to_dict():
         raise config_lib.ConfigError("finetune.prompt is set, but the experiment's prompt node decides the prompt "
                                      "of every prompting cell: set --config.prompt.* instead")
+    if any(METHODS[m].start in TAPT_BASES for m in config.methods):
+        tapt_source(config.finetune.data)  # a task without readable training texts fails here, not after hours
     if any(METHODS[m].strategy == "prompt" or METHODS[m].recipe == "prompt_probe" for m in config.methods):
         if "{text}" not in config.prompt.prompt or not config.prompt.verbalizer:
             raise config_lib.ConfigError("prompt.prompt needs a {text} placeholder and prompt.verbalizer a JSON "
@@ -122,6 +130,7 @@ def prepare_starts(config, workdir: Path) -> dict:
     the one-off cost of making that start (None: made elsewhere, not measured here).
     """
     needed = {METHODS[m].start for m in config.methods}
+    needed |= {TAPT_BASES[s] for s in needed if s in TAPT_BASES}
     costs = json.loads(_costs_path(workdir).read_text()) if _costs_path(workdir).exists() else {}
     starts = {}
     if needed & {"tljax", "scratch"}:
@@ -134,6 +143,9 @@ def prepare_starts(config, workdir: Path) -> dict:
     if "smollm2" in needed:
         starts["smollm2"] = {"init_from": config.smollm2.init_from, "wall_seconds": None,
                              "note": "pretrained by its authors (not measured here)"}
+    for name, base in TAPT_BASES.items():
+        if name in needed:
+            starts[name] = make_tapt_start(config, workdir, name, starts[base], costs)
     if is_lead_process():
         write_json(_costs_path(workdir), costs)
     return starts
@@ -171,6 +183,46 @@ def _word2vec_start(cfg, workdir: Path, costs: dict) -> dict:
         word2vec.run(wcfg, run_dir)
         costs["word2vec"] = time.time() - t0
     return {"init_from": str(run_dir), "wall_seconds": costs.get("word2vec"), "note": "trained here"}
+
+
+def tapt_source(finetune_data) -> str:
+    """The pretraining source of the task's own unlabeled training texts: the text column of the labeled
+    training file (``csv:`` / ``jsonl:``), or for the built-in Rotten Tomatoes its training reviews + plot
+    synopses (``builtin:rotten_tomatoes_train_text``, which drops any validation or test text). Never the
+    test split: only the training spec is read."""
+    train_spec, _ = labeled.labeled_specs(finetune_data)
+    kind, _, args = train_spec.partition(":")
+    if train_spec == "builtin:rotten_tomatoes/train":
+        return "builtin:rotten_tomatoes_train_text"
+    if kind in ("csv", "jsonl") and "@" not in args:
+        return f"{kind}:{args}@{finetune_data.get('text_field', 'text') or 'text'}"
+    raise config_lib.ConfigError(f"task-adaptive pretraining reads the training texts of a csv: or jsonl: file "
+                                 f"(or the built-in Rotten Tomatoes); finetune.data.train={train_spec!r} is not one; "
+                                 f"leave the *_tapt methods out")
+
+
+def make_tapt_start(config, workdir: Path, name: str, base: dict, costs: dict) -> dict:
+    """``base`` (a start) trained further with masked LM on the task's training texts (``tapt_source``) by
+    ``config.tapt.config`` (configs/adapt_mlm.py), into ``workdir/<name>``; made once, reused (and resumed)
+    by re-runs. Its cost adds the base's one-off cost to the adaptation's."""
+    run_dir = workdir / name
+    pcfg = config_lib.load_config_file(config.tapt.config)
+    pcfg.init_from = base["init_from"]
+    pcfg.data.source = tapt_source(config.finetune.data)
+    if config.tapt.steps:
+        pcfg.train.steps = int(config.tapt.steps)
+    log(f"task-adaptive pretraining of {base['init_from']} on {pcfg.data.source} into {run_dir} "
+        f"({pcfg.train.steps} steps); re-runs reuse it")
+    summary = pretrain.run(pcfg, run_dir)
+    if summary.get("steps_this_run"):
+        costs[name] = costs.get(name, 0.0) + summary["wall_seconds"]
+    seconds = costs.get(name)
+    if seconds is not None and base.get("wall_seconds") is not None:
+        seconds += base["wall_seconds"]
+    return {"init_from": str(run_dir), "wall_seconds": seconds,
+            "note": f"{base['init_from']} + {summary['steps']} MLM steps on the task's training texts: eval MLM "
+                    f"loss {summary.get('init_eval_loss', float('nan')):.3f} -> {summary['eval_loss']:.3f} "
+                    f"(head {summary.get('lm_head')})"}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -34,9 +34,10 @@ def _load(path: str, with_weights: bool = True) -> Pretrained:
         raise
 
 
-def resolve(init_from: str, model_like: str = "") -> Pretrained:
+def resolve(init_from: str, model_like: str = "", with_weights: bool = True) -> Pretrained:
     """``init_from``: a run path, ``hf:<folder or alias>``, or ``none`` (random weights; architecture and
-    tokenizer from ``model_like``, itself a run path or ``hf:`` spec)."""
+    tokenizer from ``model_like``, itself a run path or ``hf:`` spec). with_weights=False: architecture,
+    tokenizer and config only (``params`` None), without reading the weights."""
     if not init_from:
         raise PretrainedError("init_from is empty; give a pretraining workdir (e.g. runs/bert_tiny), "
                               "hf:<Hugging Face folder> or 'none'")
@@ -45,7 +46,7 @@ def resolve(init_from: str, model_like: str = "") -> Pretrained:
             raise PretrainedError("init_from=none needs model_like=<pretraining workdir> to take the architecture "
                                   "and tokenizer from (its weights are not used)")
         return _load(model_like, with_weights=False)
-    return _load(init_from)
+    return _load(init_from, with_weights=with_weights)
 
 
 def as_pretrained(source) -> Pretrained:

@@ -2,11 +2,13 @@
 
 Sections: (1) config checks and the workdir lock, (2) tokenizer and packed data (``tljax.data.lm``), (3) the sharded step
 (``tljax.tasks.lm.build``), (4) resume, then the workdir is written, (5) the engine's loop, (6) summary.
-Resume order: the newest intact checkpoint in the workdir, else a fresh init. Nothing is written into the
-workdir before every check has passed.
+Resume order: the newest intact checkpoint in the workdir, else ``init_from``'s weights (continued
+pretraining, ``tljax.continued``: the source's tokenizer and architecture), else a fresh init. Nothing is
+written into the workdir before every check has passed.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ import jax
 import numpy as np
 
 from tljax import config as config_lib
-from tljax import distributed, engine
+from tljax import continued, distributed, engine
 from tljax import workdir as workdir_lib
 from tljax import sharding as shd
 from tljax.data import lm as lm_data
@@ -26,17 +28,25 @@ from tljax.tasks import lm as lm_task
 from tljax.utils import is_lead_process, log, write_json
 
 
-def run(config, workdir: str | Path) -> dict:
+def run(config, workdir: str | Path, given=()) -> dict:
     """Pretrain per ``config`` into ``workdir`` (resuming if it holds checkpoints). Returns the summary.
-    The config is checked first; the workdir is locked for the run (one run per workdir)."""
+    The config is checked first; the workdir is locked for the run (one run per workdir). given: dotted
+    fields the user set explicitly (the CLI's overrides): with ``init_from`` they are compared with the
+    source even when equal to a default."""
     config_lib.validate_pretrain(config)
     with workdir_lib.locked(workdir):
-        return _run(config, Path(workdir))
+        return _run(config, Path(workdir), tuple(given))
 
 
-def _run(config, workdir: Path) -> dict:
+def _run(config, workdir: Path, given: tuple) -> dict:
     t_start = time.time()
-    # (1) Config: validated, and the workdir locked, by run().
+    # (1) Config: validated, and the workdir locked, by run(). With init_from, the architecture and the
+    # tokenizer are the source's (tljax.continued), and the resolved config is validated again.
+    start = None
+    if config.init_from:
+        start = continued.load(config, workdir, given)
+        config = start.config
+        config_lib.validate_pretrain(config)
 
     # (2) Tokenizer and data. The tokenizer decides the vocabulary, so the config is completed and
     # compared with a run already in the workdir here.
@@ -47,7 +57,7 @@ def _run(config, workdir: Path) -> dict:
                                          f"tokenizer's {real} tokens; set it to 0 (automatic)")
         config_lib.check_resume(_with_vocab(config, real), workdir)
 
-    tokenizer = lm_data.setup_tokenizer(config, workdir, check_tokenizer)
+    tokenizer = lm_data.setup_tokenizer(config, workdir, check_tokenizer, start.tokenizer if start else None)
     real_vocab = len(tokenizer)
     config = _with_vocab(config, real_vocab)
     train_key, eval_key = lm_data.data_keys(config.data)
@@ -69,13 +79,16 @@ def _run(config, workdir: Path) -> dict:
         f"tokens; unigram baseline loss {baseline:.3f}")
 
     # (3) The sharded train and eval steps.
-    built = lm_task.build(config, specials, real_vocab,
-                          tokenizer.mask_token_id if config.objective == "mlm" else 0)
+    built = lm_task.build(config, specials, real_vocab, tokenizer.mask_token_id if config.objective == "mlm" else 0,
+                          init_params=start.params if start else None)
     run_ = built.run
     log(f"model: {built.cfg.kind}, {count_params(run_.state.params):,} parameters; mesh {dict(run_.mesh.shape)}")
 
     # (4) Resume (a checkpoint that does not fit this model is an error here, before anything is written).
     resume = engine.restore(run_, workdir)
+    if start is not None and start.params is None and resume is None:
+        raise config_lib.ConfigError(f"{workdir / 'checkpoints'} holds no checkpoint that restores; move it away "
+                                     f"to start again from init_from={config.init_from}")
     if is_lead_process():
         workdir.mkdir(parents=True, exist_ok=True)
         lm_data.save_tokenizer(tokenizer, workdir)
@@ -96,6 +109,18 @@ def _run(config, workdir: Path) -> dict:
     def log_eval(step: int, result: dict) -> None:
         log(f"step {step}: eval loss {result['loss']:.4f} (unigram {baseline:.3f}), accuracy {result['accuracy']:.4f}, "
             f"perplexity {result['perplexity']:.1f}")
+
+    # Continued pretraining: the starting point's eval loss, what the run's gain is measured against
+    # (kept from the first invocation's summary when resuming).
+    init = {}
+    if start is not None and resume is None:
+        with shd.mesh_context(run_.mesh, run_.rules):
+            init_eval = evaluate(run_.state.params)
+        log_eval(0, init_eval)
+        init = {"init_eval_loss": init_eval["loss"], "lm_head": start.head}
+    elif start is not None and (workdir / "summary.json").exists():
+        previous = json.loads((workdir / "summary.json").read_text())
+        init = {k: previous[k] for k in ("init_eval_loss", "lm_head") if k in previous}
 
     # (5) The loop.
     t = config.train
@@ -120,6 +145,7 @@ def _run(config, workdir: Path) -> dict:
         "eval_perplexity": last_eval["perplexity"], "unigram_loss": baseline,
         "parameters": count_params(result.state.params), "wall_seconds": time.time() - t_start,
         "steps_this_run": result.steps_this_run, "memory": result.memory,
+        "init_from": config.init_from, "lm_head": "new" if start is None else start.head, **init,
     }
     if is_lead_process():
         write_json(workdir / "summary.json", summary)

@@ -14,6 +14,10 @@ every text with a 135M-parameter model, minutes per cell on 2 cores, which would
 add them with ``--config.methods`` (e.g. the names in ``tljax.experiment.DECODER_METHODS``). The three
 claims are still answered. Measured times and results: docs/results.md, docs/decoders.md.
 
+Task-adaptive pretraining is opt-in: ``--config.methods='("scratch","minilm_full","minilm_tapt")'`` adds
+``minilm_tapt`` / ``tljax_tapt`` (MiniLM / the tiny tljax BERT trained further with masked LM on the task's
+unlabeled training texts by configs/adapt_mlm.py, once per workdir, then full fine-tuning).
+
 Any labeled set works: ``--config.finetune.data.train=csv:train.csv
 --config.finetune.data.test=csv:test.csv``; a finished starting point is reused with
 ``--config.tljax.init_from=runs/bert_tiny`` / ``--config.word2vec.init_from=runs/w2v``.
@@ -48,11 +52,14 @@ def get_config(arg=None):
         init_from="", config=str(_CONFIGS / "word2vec.py"), epochs=1 if quick else 0))  # 0 = the file's
     c.minilm = ml_collections.ConfigDict(dict(init_from="hf:minilm"))
     c.smollm2 = ml_collections.ConfigDict(dict(init_from="hf:smollm2"))  # the causal LM of the decoder methods
+    # The *_tapt methods (opt-in): their start trained further by this pretraining config on the task's
+    # training texts (never the test texts), once per workdir.
+    c.tapt = ml_collections.ConfigDict(dict(config=str(_CONFIGS / "adapt_mlm.py"), steps=0))  # 0 = the file's
     # Peak learning rate per starting point (a 22M-parameter pretrained encoder wants a small one; the
     # SmolLM2 rate is LoRA's: only the adapters and the head train). lpft: LP-FT's fine-tuning stage (a
     # small rate keeps the probe's head); setfit: the pair-tuning stage.
     c.lr = ml_collections.ConfigDict(dict(scratch=5e-4, tljax=5e-4, minilm=5e-5, smollm2=1e-3, lpft=1e-5,
-                                          setfit=2e-5))
+                                          setfit=2e-5, tljax_tapt=5e-4, minilm_tapt=5e-5))
     # The prompting methods (smollm2_prompt: tljax.zeroshot; smollm2_prompt_probe: a probe on its label
     # scores). Labels of Rotten Tomatoes: fresh / rotten.
     c.prompt = prompt_config()

@@ -47,15 +47,16 @@ def data_keys(data_cfg) -> tuple[str, str]:
     return train_key, (sources.fingerprint(held) if held else train_key + "|holdout")
 
 
-def setup_tokenizer(config, workdir: Path, check=None):
-    """The run's tokenizer: the one saved in the workdir, else data.tokenizer.path, else a newly trained
-    one (cached per data + settings). ``check(tokenizer)`` raises on a config the tokenizer cannot serve.
+def setup_tokenizer(config, workdir: Path, check=None, given=None):
+    """The run's tokenizer: the one saved in the workdir, else ``given`` (continued pretraining: the source's),
+    else data.tokenizer.path, else a newly trained one (cached per data + settings). ``check(tokenizer)``
+    raises on a config the tokenizer cannot serve.
 
     One process: nothing is written into the workdir here (``save_tokenizer`` does, once the whole run is
     validated). Several processes: process 0 prepares, checks and saves it into the workdir, and the others
     load what it saved rather than train their own (training is not deterministic across processes)."""
     def lead():
-        tokenizer = prepare_tokenizer(config, workdir)
+        tokenizer = prepare_tokenizer(config, workdir, given)
         if check is not None:
             check(tokenizer)
         if jax.process_count() > 1:
@@ -72,11 +73,13 @@ def setup_tokenizer(config, workdir: Path, check=None):
     return distributed.lead_first("preparing the tokenizer", lead, saved)
 
 
-def prepare_tokenizer(config, workdir: Path):
+def prepare_tokenizer(config, workdir: Path, given=None):
     """The tokenizer of ``config`` (see ``setup_tokenizer``), without writing into ``workdir``."""
     out = workdir / "tokenizer"
     if (out / "tokenizer.json").exists():
         return tok_lib.load_tokenizer(out)
+    if given is not None:
+        return given
     tcfg = config.data.tokenizer
     if tcfg.path:
         return tok_lib.load_tokenizer(tcfg.path)
@@ -117,7 +120,11 @@ def packed_sequences(docs_fn, spec_key: str, tokenizer, config) -> np.ndarray:
     Process 0 builds the cache first; the others then load it (or, with a cache per host, build the same)."""
     kind = config.model.kind
     sep = tokenizer.sep_token_id if kind == "bert" else tokenizer.eos_token_id
-    key = packing.cache_key(spec_key, tok_lib.tokenizer_fingerprint(tokenizer), str(config.data.seq_len), kind)
+    backend = tokenizer.backend_tokenizer
+    # A tokenizer with its own truncation / padding was once packed with them (cut, [PAD]-filled rows):
+    # such arrays in a cache are not reused. Other tokenizers keep their keys (and caches).
+    whole = ("whole_documents",) if backend.truncation is not None or backend.padding is not None else ()
+    key = packing.cache_key(spec_key, tok_lib.tokenizer_fingerprint(tokenizer), str(config.data.seq_len), kind, *whole)
 
     def build():
         t0 = time.time()

@@ -26,8 +26,16 @@ def _batched(docs: Iterable[str], size: int) -> Iterator[list[str]]:
 
 
 def token_stream(docs: Iterable[str], tokenizer, separator_id: int, progress=None) -> np.ndarray:
-    """All documents' token ids, each followed by ``separator_id``, as one int32 array [total]."""
+    """All documents' token ids, each followed by ``separator_id``, as one int32 array [total]. Every document
+    whole and unpadded, whatever truncation / padding the tokenizer carries."""
     backend = tokenizer.backend_tokenizer
+    if backend.truncation is not None or backend.padding is not None:
+        # A tokenizer saved with them (sentence-transformers' MiniLM: truncate to 128, pad to 128) would cut
+        # long documents and fill the stream with [PAD]: encode with a copy that does neither.
+        from tokenizers import Tokenizer
+        backend = Tokenizer.from_str(backend.to_str())
+        backend.no_truncation()
+        backend.no_padding()
     chunks = []
     for batch in _batched(docs, 1024):
         for enc in backend.encode_batch(batch, add_special_tokens=False):  # parallel in Rust

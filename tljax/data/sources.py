@@ -5,14 +5,21 @@ A source spec is a string ``KIND:ARGS``:
   document.
 - ``jsonl:/data/*.jsonl`` or ``jsonl:/data/*.jsonl@body`` — one JSON object per line, text in the field
   after ``@`` (default ``text``).
+- ``csv:/data/train.csv`` or ``csv:/data/*.csv@review`` — the text column of CSV files with a header row
+  (e.g. a labeled set's; the other columns are not read), column after ``@`` (default ``text``).
 - ``tfds:name/config:split`` or ``tfds:name:split@field`` — a TFDS dataset read through
   ``tfds.data_source`` on array_record files (no TensorFlow); field default ``text``.
 - ``builtin:corpus`` / ``builtin:corpus_eval`` — the embedded offline corpus (``tljax data prepare``).
+- ``builtin:rotten_tomatoes_train_text`` — the task's own unlabeled text for task-adaptive pretraining: the
+  review texts of the Rotten Tomatoes training split and the plot synopses of the corpus's training part;
+  any text of the validation or test split is dropped, so it cannot yield one.
 """
 from __future__ import annotations
 
+import csv
 import glob
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -81,6 +88,23 @@ def _jsonl_documents(args: str) -> Iterator[str]:
                 yield str(record[field])
 
 
+def _csv_documents(args: str) -> Iterator[str]:
+    patterns, field = _split_field(args)
+    for path in resolve_files(patterns):
+        reader = csv.reader(io.StringIO(_read_text(path).lstrip("\ufeff"), newline=""))
+        try:
+            header = [c.strip() for c in next(reader, [])]
+            if field not in header:
+                raise SourceError(f"{path} has no column {field!r} (columns: {', '.join(header) or 'none'}); "
+                                  f"name the text column with 'csv:{patterns}@COLUMN'")
+            column = header.index(field)
+            for row in reader:
+                if column < len(row) and row[column].strip():
+                    yield row[column]
+        except csv.Error as e:
+            raise SourceError(f"{path} line {reader.line_num} is not valid CSV ({e}); check its quoting") from None
+
+
 def _tfds_documents(args: str) -> Iterator[str]:
     args, field = _split_field(args)
     if ":" not in args:
@@ -95,15 +119,43 @@ def _tfds_documents(args: str) -> Iterator[str]:
         yield value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+RT_TRAIN_TEXT = "rotten_tomatoes_train_text"
+BUILTIN = ("corpus", "corpus_eval", RT_TRAIN_TEXT)
+
+
+def rotten_tomatoes_train_text() -> Iterator[str]:
+    """The Rotten Tomatoes training reviews, then the plot synopses (unlabeled) of the corpus's training
+    part. A text that is also in the validation or test split is never yielded (the splits are by movie;
+    this makes a leak impossible, not just unlikely)."""
+    try:
+        held_out = {t for split in ("validation", "test") for t in prepared.load_rt_split(split)[0]}
+        train = prepared.load_rt_split("train")[0]
+    except prepared.NotPreparedError as e:
+        raise SourceError(str(e)) from None
+    for text in train:
+        if text not in held_out:
+            yield text
+    with open(prepared.corpus_paths()["train"], encoding="utf-8") as f:
+        for line in f:
+            if '"rt_plots"' not in line:  # cheap pre-filter: most lines are other sources
+                continue
+            record = json.loads(line)
+            if record.get("source") == "rt_plots" and record["text"] and record["text"] not in held_out:
+                yield record["text"]
+
+
 def _builtin_documents(args: str) -> Iterator[str]:
-    paths = prepared.corpus_paths()  # the embedded offline corpus
+    if args == RT_TRAIN_TEXT:
+        yield from rotten_tomatoes_train_text()
+        return
     split = {"corpus": "train", "corpus_eval": "eval"}.get(args)
     if split is None:
-        raise SourceError(f"unknown builtin source {args!r}; use 'builtin:corpus' or 'builtin:corpus_eval'")
+        raise SourceError(f"unknown builtin source {args!r}; use one of " + ", ".join(f"'builtin:{b}'" for b in BUILTIN))
+    paths = prepared.corpus_paths()  # the embedded offline corpus
     yield from _jsonl_documents(str(paths[split]))
 
 
-_READERS = {"text": _text_documents, "jsonl": _jsonl_documents, "tfds": _tfds_documents,
+_READERS = {"text": _text_documents, "jsonl": _jsonl_documents, "csv": _csv_documents, "tfds": _tfds_documents,
             "builtin": _builtin_documents}
 
 
@@ -112,6 +164,25 @@ def parse_spec(spec: str) -> tuple[str, str]:
     if not sep or kind not in _READERS:
         raise SourceError(f"data source {spec!r} is not of the form KIND:ARGS with KIND in {sorted(_READERS)}")
     return kind, args
+
+
+def check_spec(spec: str) -> None:
+    """Raise SourceError now for what can be seen without reading the data: the form of the spec and, for
+    ``csv:``, that every file has the column (its header row)."""
+    kind, args = parse_spec(spec)
+    if kind != "csv":
+        return
+    patterns, field = _split_field(args)
+    for path in resolve_files(patterns):
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            try:
+                header = [c.strip() for c in next(csv.reader(f), [])]
+            except (csv.Error, UnicodeDecodeError) as e:
+                raise SourceError(f"{path} does not start with a CSV header row ({type(e).__name__}); "
+                                  f"check that it is a UTF-8 CSV file") from None
+        if field not in header:
+            raise SourceError(f"{path} has no column {field!r} (columns: {', '.join(header) or 'none'}); "
+                              f"name the text column with 'csv:{patterns}@COLUMN'")
 
 
 def iter_documents(spec: str) -> Iterator[str]:
@@ -213,12 +284,17 @@ def fingerprint(spec: str) -> str:
     """A hash of what a spec reads (file names, sizes, mtimes), for cache keys."""
     kind, args = parse_spec(spec)
     h = hashlib.sha1(spec.encode())
-    if kind in ("text", "jsonl"):
-        for path in resolve_files(_split_field(args)[0] if kind == "jsonl" else args):
+    if kind in ("text", "jsonl", "csv"):
+        for path in resolve_files(args if kind == "text" else _split_field(args)[0]):
             st = path.stat()
             h.update(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
     elif kind == "builtin":
-        for path in prepared.corpus_paths().values():
+        rt = []
+        if args == RT_TRAIN_TEXT:
+            if not prepared.rt_is_prepared(prepared.rt_dir()):
+                raise SourceError(f"Rotten Tomatoes is not prepared in {prepared.rt_dir()}; run `tljax data prepare`")
+            rt = [prepared.rt_dir() / f"{s}.jsonl" for s in prepared.RT_SPLITS]
+        for path in [*prepared.corpus_paths().values(), *rt]:
             st = Path(path).stat()
             h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]

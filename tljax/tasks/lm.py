@@ -101,10 +101,13 @@ class LMStep:
         return self.run.rules
 
 
-def build(config, special_ids=SPECIAL_IDS, real_vocab: int = 0, mask_id: int = MASK_ID, devices=None) -> LMStep:
+def build(config, special_ids=SPECIAL_IDS, real_vocab: int = 0, mask_id: int = MASK_ID, devices=None,
+          init_params: dict | None = None) -> LMStep:
     """The train and eval steps of pretraining ``config`` (``model.vocab_size`` set, not 0) on ``devices``
     (default all), batch ``data.batch_size`` x ``data.seq_len``, optimizer from ``train`` and ``param_rules``.
-    real_vocab: ids that masking may draw as random replacements (default: the model's vocabulary)."""
+    real_vocab: ids that masking may draw as random replacements (default: the model's vocabulary).
+    init_params: LanguageModel params (host tree, in this config's layer layout) to start from instead of a
+    random init (continued pretraining); subtrees it lacks (a pooler) start fresh."""
     if not config.model.vocab_size:
         raise ValueError("model.vocab_size=0 means 'from the tokenizer'; set it before building the step")
     mcfg = model_config(config.model)
@@ -112,7 +115,7 @@ def build(config, special_ids=SPECIAL_IDS, real_vocab: int = 0, mask_id: int = M
     dummy = jnp.ones((1, config.data.seq_len), jnp.int32)
     run = engine.setup(lambda rng: model.init({"params": rng}, dummy)["params"], config.train, config.mesh,
                        config.sharding_rules, config.seed, rules=parse_rules(config.get("param_rules", ())),
-                       devices=devices)
+                       start_params=init_params, devices=devices)
     sums_fn = make_sums_fn(model, config, jnp.asarray(special_ids, jnp.int32), real_vocab or mcfg.vocab_size,
                            mask_id if config.objective == "mlm" else 0)
     batch_sharding = run.batch_sharding()
