@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import traverse_util
 
+from tljax import distributed
 from tljax import init_from as init_from_lib
 from tljax.config import ConfigError
 from tljax.data import tokenizer as tok_lib
@@ -158,7 +159,7 @@ def load(config, workdir: Path, given=()) -> Start:
     spec = config.init_from
     workdir = Path(workdir)
     _check_same_source(spec, workdir)
-    resuming = has_checkpoints(workdir)
+    resuming = distributed.lead_decides(has_checkpoints(workdir))  # one answer for all processes, as engine.restore
     # Resuming: the workdir's own config.json and tokenizer/ are the architecture and tokenizer (the
     # source's weights are not needed again, and the source may be gone).
     # The config is checked against the source's description before its weights are read (a refusal costs

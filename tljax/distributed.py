@@ -140,6 +140,15 @@ def to_host(tree):
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def lead_decides(flag: bool) -> bool:
+    """``flag`` as process 0 sees it, on every process (one process: ``flag``). For facts of a shared
+    filesystem (does the workdir hold checkpoints?) that a slower process could see differently."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
 def lead_first(what: str, lead: Callable[[], object], others: Callable[[], object] | None = None):
     """``lead()`` on process 0, then ``others()`` (default ``lead``) on the rest, which find what process 0
     left (cached or saved files) instead of redoing or racing it. An error on process 0 stops every

@@ -250,11 +250,9 @@ def restore(run: Setup, workdir: str | Path, select: bool = False) -> Resume | N
     """The newest intact checkpoint in ``workdir/checkpoints`` restored into ``run``'s shardings, or None
     when there is none. Raises CheckpointError when checkpoints exist and none of them restores (a model
     that differs from the one that wrote them, or all damaged): never a silent fresh start."""
-    exists = (Path(workdir) / "checkpoints").is_dir()
-    if jax.process_count() > 1:
-        # Process 0's view, for all: a process arriving later could otherwise see the folder that a faster
-        # one's loop has just created and wait alone in orbax's collectives.
-        exists = bool(multihost_utils.broadcast_one_to_all(np.int32(exists)))
+    # Process 0's view, for all: a process arriving later could otherwise see the folder that a faster
+    # one's loop has just created and wait alone in orbax's collectives.
+    exists = distributed.lead_decides((Path(workdir) / "checkpoints").is_dir())
     if not exists:
         return None
     ckpt = Checkpoints(Path(workdir) / "checkpoints")

@@ -570,7 +570,7 @@ def results_markdown(rows: list[dict], claims: dict, starts: dict, config) -> st
              f"({_validation_note(config.finetune.data)}).", ""]
     lines += table("test_accuracy", "Test accuracy")
     lines += table("test_macro_f1", "Macro-F1")
-    lines += table("forgetting", "Forgetting: increase of the pretraining (MLM) loss on held-out text", signed=True)
+    lines += table("forgetting", "Forgetting: increase of the pretraining objective's loss (masked or causal LM) on held-out text", signed=True)
     lines += table("wall_seconds", "Wall seconds per cell (fine-tuning only)", digits=0)
     lines += ["**Starting points**", ""]
     lines += [f"- {k}: {v['init_from']} — {v['note']}" +
