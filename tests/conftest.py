@@ -14,6 +14,13 @@ def _private_cache(tmp_path_factory, monkeypatch):
         monkeypatch.setenv("TLJAX_DATA_DIR", str(tmp_path_factory.getbasetemp() / "tljax_cache"))
 
 
+@pytest.fixture
+def one_device(monkeypatch):
+    """jax.devices() is the first of the 8 virtual test devices: a run builds a one-device mesh."""
+    import jax
+    monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1] if not a else jax.local_devices(*a)[:1])
+
+
 @pytest.fixture(scope="session")
 def text_corpus(tmp_path_factory):
     """A folder of four .txt files of synthetic English-like text (Zipf-distributed common words), big

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -33,9 +32,7 @@ from conftest import tiny_pretrain_run, write_keyword_task
 REPO = Path(__file__).parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_device(monkeypatch):
-    monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1] if not a else jax.local_devices(*a)[:1])
+pytestmark = pytest.mark.usefixtures("one_device")  # conftest: a run sees one of the 8 test devices
 
 
 @pytest.fixture(scope="module")

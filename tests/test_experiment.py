@@ -7,7 +7,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import jax
 import pytest
 
 from conftest import write_keyword_task
@@ -19,9 +18,7 @@ from tljax.data import prepared, sources
 REPO = Path(__file__).parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_device(monkeypatch):
-    monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1] if not a else jax.local_devices(*a)[:1])
+pytestmark = pytest.mark.usefixtures("one_device")  # conftest: a run sees one of the 8 test devices
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Few-shot transfer: the label budget includes validation for every method; LP-FT, SetFit-style contrastive
 body tuning and self-training, each against an independent reference."""
-import importlib.util
 import json
 import pathlib
 
@@ -10,20 +9,15 @@ import pytest
 
 from conftest import write_keyword_task
 from tljax import finetune
-from tljax.config import ConfigError
+from tljax.config import ConfigError, load_config_file
 from tljax.data import labeled
 from tljax.models import SequenceClassifier, TransformerConfig
 from tljax.tasks import classify, contrastive
 
-_spec = importlib.util.spec_from_file_location(
-    "finetune_classify", pathlib.Path(__file__).parents[1] / "configs" / "finetune_classify.py")
-_module = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_module)
+CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 
 
-@pytest.fixture(autouse=True)
-def one_device(monkeypatch):
-    monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1] if not a else jax.local_devices(*a)[:1])
+pytestmark = pytest.mark.usefixtures("one_device")  # conftest: a run sees one of the 8 test devices
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +26,7 @@ def csv_task(tmp_path_factory):
 
 
 def ft_config(run, task, strategy="full", **kw):
-    c = _module.get_config()
+    c = load_config_file(CONFIGS / "finetune_classify.py")  # the file users run
     c.init_from, c.strategy = str(run), strategy
     c.data.update(name="", train=f"csv:{task}/train.csv", test=f"csv:{task}/test.csv", num_labeled=30,
                   max_len=16, batch_size=8)
@@ -231,11 +225,7 @@ def test_self_training_keeps_confident_balanced_pseudo_labels():
 def test_experiment_cells_of_the_recipes():
     """The learning-curve grid runs the recipes as methods, each under the budget rule."""
     from tljax import experiment
-    spec = importlib.util.spec_from_file_location(
-        "learning_curve", pathlib.Path(__file__).parents[1] / "configs" / "experiments" / "learning_curve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config_file(CONFIGS / "experiments" / "learning_curve.py")
     assert not set(config.methods) & {"minilm_lpft", "minilm_setfit"}  # opt-in
     starts = {"minilm": {"init_from": "hf:minilm"}}
     cells = {m: experiment.cell_config(config, experiment.Cell(m, 100, 3), starts, 9956)

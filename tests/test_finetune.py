@@ -2,27 +2,20 @@
 import json
 
 import numpy as np
-import jax
 import pytest
 
 from conftest import write_keyword_task
 from tljax import finetune
-from tljax.config import ConfigError
+from tljax.config import ConfigError, load_config_file
 from tljax.pretrained import PretrainedError
 
-import importlib.util
 import pathlib
 
 # The shipped config file is what users run: the tests start from it too.
-_spec = importlib.util.spec_from_file_location(
-    "finetune_classify", pathlib.Path(__file__).parents[1] / "configs" / "finetune_classify.py")
-_module = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_module)
+CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 
 
-@pytest.fixture(autouse=True)
-def one_device(monkeypatch):
-    monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1] if not a else jax.local_devices(*a)[:1])
+pytestmark = pytest.mark.usefixtures("one_device")  # conftest: a run sees one of the 8 test devices
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +26,7 @@ def csv_task(tmp_path_factory):
 
 
 def ft_config(run, task, strategy, **kw):
-    c = _module.get_config()
+    c = load_config_file(CONFIGS / "finetune_classify.py")  # the file users run
     c.init_from = str(run)
     c.strategy = strategy
     c.data.update(name="", train=f"csv:{task}/train.csv", test=f"csv:{task}/test.csv", text_field="sentence",

@@ -17,7 +17,6 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tljax.data import labeled
 from tljax.data.labeled import (LabeledData, SourceError, load_labeled,
                                 read_labeled)
 

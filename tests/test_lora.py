@@ -28,9 +28,7 @@ MODELS = {
 ALL = lora.DEFAULT_TARGETS + lora.MLP_TARGETS + (r"attention/(key|out)/kernel$",)
 
 
-@pytest.fixture(autouse=True)
-def one_device(monkeypatch):
-    monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1] if not a else jax.local_devices(*a)[:1])
+pytestmark = pytest.mark.usefixtures("one_device")  # conftest: a run sees one of the 8 test devices
 
 
 def classifier(kind, scan=False):

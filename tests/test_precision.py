@@ -15,9 +15,7 @@ from tljax.models.layers import _attention_with_dropout
 from conftest import tiny_pretrain_config as tiny
 
 
-@pytest.fixture(autouse=True)
-def one_device(monkeypatch):
-    monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1] if not a else jax.local_devices(*a)[:1])
+pytestmark = pytest.mark.usefixtures("one_device")  # conftest: a run sees one of the 8 test devices
 
 
 @pytest.mark.parametrize("kind,dtype", [("bert", "bfloat16"), ("gpt", "float16")])

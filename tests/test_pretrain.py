@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import numpy as np
-import jax
 import pytest
 from transformers import AutoTokenizer
 
@@ -18,9 +17,7 @@ def read_metrics(workdir):
     return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(autouse=True)
-def one_device(monkeypatch):
-    monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1] if not a else jax.local_devices(*a)[:1])
+pytestmark = pytest.mark.usefixtures("one_device")  # conftest: a run sees one of the 8 test devices
 
 
 @pytest.mark.parametrize("objective,kind", [("mlm", "bert"), ("clm", "gpt")])

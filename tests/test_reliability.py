@@ -24,9 +24,7 @@ from tljax.config import ConfigError
 REPO = Path(__file__).parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_device(monkeypatch):
-    monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1] if not a else jax.local_devices(*a)[:1])
+pytestmark = pytest.mark.usefixtures("one_device")  # conftest: a run sees one of the 8 test devices
 
 
 def tiny_config_file(path: Path, corpus: Path, **train) -> Path:

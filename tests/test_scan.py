@@ -61,9 +61,7 @@ def test_resume_check_allows_compute_settings_and_refuses_a_layout_change():
     assert resume_differences(saved, current) == ["model.scan_layers: False -> True"]
 
 
-@pytest.fixture(autouse=True)
-def one_device(monkeypatch):
-    monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1] if not a else jax.local_devices(*a)[:1])
+pytestmark = pytest.mark.usefixtures("one_device")  # conftest: a run sees one of the 8 test devices
 
 
 def write_task(root: pathlib.Path):

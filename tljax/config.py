@@ -59,14 +59,16 @@ def resume_differences(saved: dict, current: dict) -> list[str]:
     """The resume-critical fields that differ, as ``field: saved -> current`` strings."""
     diffs = []
     for key in RESUME_CRITICAL:
-        saved_value = _get(saved, key, _ABSENT)
-        old = {} if saved_value is _ABSENT else dict(flatten(saved_value, key))  # absent: saved before it existed
-        new = dict(flatten(_get(current, key), key))
-        for field in sorted(set(old) | set(new)):
+        saved_value, current_value = _get(saved, key, _ABSENT), _get(current, key, _ABSENT)
+        # Absent: written before the field existed (ADDED_FIELDS gives the value it then had).
+        old = {} if saved_value is _ABSENT else dict(flatten(saved_value, key))
+        new = {} if current_value is _ABSENT else dict(flatten(current_value, key))
+        for field in sorted(set(old) | set(new) | ({key} & set(ADDED_FIELDS))):
             if field in RESUME_FREE:
                 continue
-            if field not in old and field in ADDED_FIELDS:
-                old[field] = ADDED_FIELDS[field]
+            for side in (old, new):
+                if field not in side and field in ADDED_FIELDS:
+                    side[field] = ADDED_FIELDS[field]
             if old.get(field) != new.get(field):
                 diffs.append(f"{field}: {old.get(field)!r} -> {new.get(field)!r}")
     return diffs
