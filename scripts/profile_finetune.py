@@ -27,7 +27,6 @@ import jax
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_finetune import INFER_BATCH, LENGTH, TRAIN_BATCH, Tljax, review_texts  # noqa: E402
 
-from tljax import finetune  # noqa: E402
 from tljax.init_from import resolve  # noqa: E402
 from tljax.tasks import classify  # noqa: E402
 
