@@ -71,6 +71,7 @@ def run_tljax(method: str, budget: int, seed: int, workdir: Path, iterations: in
     c.data.update(num_labeled=budget, max_len=max_length)
     c.setfit.pair_iterations = iterations
     c.train.checkpoint_every = 0
+    c.save_model = False  # timed like SetFit's in-memory model (a prompt probe would write the whole LM)
     t0 = time.time()
     summary = finetune.run(c, workdir / f"{method}_s{seed}", feature_cache=False)
     return {"accuracy": summary["test_accuracy"], "seconds": time.time() - t0, "labels_used": summary["labels_used"]}
