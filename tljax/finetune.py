@@ -575,12 +575,17 @@ def _run_word_vectors(config, data, y) -> dict:
                           {"kind": "word_vectors", "word_vectors": vectors, "test_features": feats["test"]})
 
 
+def encoder_params(params: dict) -> dict:
+    """A SequenceClassifier's params without its ``classifier`` head: the frozen encoder a probe reads."""
+    return {k: v for k, v in params.items() if k != "classifier"}
+
+
 def _hidden_features(config, model, params, pre: Pretrained, data, encoded, use_cache: bool
                      ) -> tuple[dict, np.ndarray | None]:
     """The frozen encoder's pooled features: ({"train", "validation", "test"} -> [N, H], the unlabeled
     pool's [U, H] when ``self_training.rounds``, else None), cached per text with ``use_cache``."""
     fn, feats = features_fn(model), {}  # one compiled function for every split
-    encoder = {k: v for k, v in params.items() if k != "classifier"}
+    encoder = encoder_params(params)
     key = [weights_digest(encoder), tok_lib.tokenizer_fingerprint(pre.tokenizer), model.pooling,
            str(config.data.max_len)] if use_cache else None
     for name, (ids, mask) in encoded.items():
@@ -601,7 +606,7 @@ def _run_features(config, model, params, pre: Pretrained, data, encoded, y, use_
     feats, unlabeled = _hidden_features(config, model, params, pre, data, encoded, use_cache)
     log(f"features {feats['train'].shape[1]}-d for {sum(len(f) for f in feats.values())} texts in {time.time() - t0:.1f}s")
     probe = fit_probe(config, feats, y, config.seed, data.extra_validation, unlabeled)
-    encoder = {k: v for k, v in params.items() if k != "classifier"}
+    encoder = encoder_params(params)
     deploy = {"kind": "probe", "params": encoder, "test_features": feats["test"], "batch_size": 128}
     return dict(_probe_summary(probe, y, count_params(encoder), deploy), feature_seconds=time.time() - t0)
 
@@ -645,7 +650,7 @@ def _run_prompt_probe(config, pre: Pretrained, verbalizer, data, y, hidden: tupl
     if hidden is not None:
         model, params, encoded = hidden
         hidden_feats, unlabeled_hidden = _hidden_features(config, model, params, pre, data, encoded, use_cache=False)
-        encoder = {k: v for k, v in params.items() if k != "classifier"}
+        encoder = encoder_params(params)
     feats = {name: prompt_lib.feature_matrix(s, hidden_feats.get(name)) for name, s in scores.items()}
     unlabeled = (prompt_lib.feature_matrix(unlabeled_scores, unlabeled_hidden) if unlabeled_scores is not None
                  else None)
