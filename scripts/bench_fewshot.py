@@ -56,7 +56,7 @@ TASKS = {
                             verbalizer='{"fresh": " positive", "rotten": " negative"}'),
     "wordnet_topics": dict(data=dict(name=""), test_name="WordNet topics test (1,192)",
                            prompt="Definition: {text}\nThis is the definition of a kind of",
-                           verbalizer='{"animal": " animal", "body": " body part", "food": " food", '
+                           verbalizer='{"animal": " animal", "body": " body", "food": " food", '
                                       '"location": " place", "person": " person", "plant": " plant"}'),
 }
 
