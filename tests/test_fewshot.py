@@ -118,6 +118,25 @@ def test_probe_head_reproduces_the_decision_function():
         np.testing.assert_allclose(jax.nn.softmax(logits, -1), probe.predict_proba(x_shift), atol=1e-5)
 
 
+def test_near_constant_feature_is_not_blown_up():
+    """A feature that is ~1e-31 everywhere (MiniLM has one) stays unscaled: the probe ignores its noise and
+    LP-FT's head folded from the probe stays finite and reproduces the probe."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    rng = np.random.default_rng(0)
+    y = np.arange(80) % 2
+    x = np.column_stack([rng.normal(y, 1.0), rng.normal(0, 1e-31, 80)]).astype(np.float32)
+    probe = make_pipeline(finetune.feature_scaler(), LogisticRegression(C=1.0)).fit(x, y)
+    assert probe.steps[0][1].scale_[1] == 1.0 and probe.steps[0][1].scale_[0] > 0.5
+    head = finetune.probe_head(probe, 2)
+    assert np.isfinite(head["kernel"]).all() and np.abs(head["kernel"]).max() < 10
+    logits = x.astype(np.float64) @ head["kernel"] + head["bias"]
+    np.testing.assert_allclose(logits[:, 1] - logits[:, 0], probe.decision_function(x), atol=1e-5)
+    noisy = x.copy()
+    noisy[:, 1] = rng.normal(0, 1e-20, 80)  # new texts' rounding noise must not move a prediction
+    np.testing.assert_array_equal(probe.predict(noisy), probe.predict(x))
+
+
 def test_lpft_head_starts_from_the_probe(pretrained_run, csv_task, tmp_path):
     """Step-0 logits of the LP-FT model equal the probe's decision function on the frozen features."""
     from tljax.init_from import resolve

@@ -139,11 +139,30 @@ def cached_features(store_key: list[str], texts: list[str], compute) -> np.ndarr
     return stored[np.asarray([index[k] for k in digests.tolist()], dtype=np.int64)]
 
 
+def feature_scaler():
+    """A StandardScaler that leaves numerically constant features unscaled (scale 1).
+
+    scikit-learn rescales a feature whose spread is tiny but not exactly zero: a hidden dimension that a
+    LayerNorm with a ~0 gain keeps at ~1e-31 got ``scale_`` 8e-33 on MiniLM, so its rounding noise became
+    a unit-variance input, and LP-FT's head folded from it (coef / scale) overflowed float32 at step 0.
+    Here a feature whose spread is below 1e-6 of the largest one's counts as constant."""
+    from sklearn.preprocessing import StandardScaler
+
+    class FeatureScaler(StandardScaler):
+        def fit(self, X, y=None, sample_weight=None):
+            super().fit(X, y, sample_weight)
+            if self.scale_ is not None:
+                floor = 1e-6 * float(np.max(self.scale_, initial=0.0))
+                self.scale_ = np.where(self.scale_ > floor, self.scale_, 1.0)
+            return self
+
+    return FeatureScaler()
+
+
 def _probe_estimator(cfg, c: float, seed: int):
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
     if cfg.probe.kind == "logreg":
         clf = LogisticRegression(C=c, max_iter=2000)
     elif cfg.probe.kind == "mlp":
@@ -151,7 +170,7 @@ def _probe_estimator(cfg, c: float, seed: int):
                             random_state=seed)
     else:
         raise config_lib.ConfigError(f"probe.kind={cfg.probe.kind!r} unknown; use 'logreg' or 'mlp'")
-    return make_pipeline(StandardScaler(), clf)
+    return make_pipeline(feature_scaler(), clf)
 
 
 def cv_folds_for(cfg, labels: np.ndarray) -> int:
