@@ -36,6 +36,7 @@ def test_collapse_detection_by_hand():
     # "never again" (wrong) -> 1 of 3.
     m = failures.prediction_measures(rows, collapse_share=0.95)
     assert m["majority_share"] == 7 / 8 and m["collapsed"] is False
+    assert m["majority_class_accuracy"] == 0.5  # 4 pos, 4 neg
     assert m["negation_count"] == 3 and m["negation_accuracy"] == pytest.approx(1 / 3)
     assert failures.prediction_measures(rows, collapse_share=0.85)["collapsed"] is True
     assert failures.majority_share(["a", "b", "a", "a"]) == 0.75
@@ -185,3 +186,14 @@ def test_mini_grid_end_to_end_and_resume(text_corpus, tmp_path, monkeypatch):
     config.finetune.head_dropout = 0.2
     with pytest.raises(ConfigError, match="head_dropout"):
         failures.run(config, workdir)
+
+
+def test_collapsed_rate_is_never_the_best():
+    """A collapsed cell scores the majority share (here above the working rates); the reading names the
+    best working rate and where the collapse starts."""
+    def row(lr, acc, f1, collapsed):
+        return {"method": "bert_ood", "labels": "1000", "lr": lr, "seed": 0, "test_accuracy": acc,
+                "test_macro_f1": f1, "collapsed": collapsed, "diverged": False}
+    rows = [row(1e-4, 0.55, 0.55, False), row(1e-3, 0.58, 0.58, False), row(3e-2, 0.60, 0.37, True)]
+    line, = failures.reading("lr_sweep", rows)
+    assert "best lr 0.001 (0.580)" in line and "from lr 0.03" in line and "macro-F1 0.370" in line

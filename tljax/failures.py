@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
 import re
 from pathlib import Path
 
@@ -75,7 +74,7 @@ TAPT_BASES = {"bert_ood_tapt": "bert_ood", "minilm_tapt": "minilm"}
 NEGATION = re.compile(r"\b(not|no|never|cannot)\b|n['’]t\b", re.IGNORECASE)
 
 CSV_FIELDS = ("method", "start", "strategy", "layer_lr_decay", "labels", "num_labeled", "lr", "seed", "parts",
-              "test_accuracy", "test_macro_f1", "negation_accuracy", "negation_count", "majority_share",
+              "test_accuracy", "test_macro_f1", "negation_accuracy", "negation_count", "majority_share", "majority_class_accuracy",
               "collapsed", "diverged", "forgetting", "pretrain_loss_before", "pretrain_loss_after",
               "trainable_params", "wall_seconds", "best_step", "steps")
 
@@ -254,12 +253,14 @@ def read_predictions(cell_dir: Path) -> list[dict]:
 
 
 def prediction_measures(rows: list[dict], collapse_share: float) -> dict:
-    """Accuracy on the negation subset, its size, the majority share and whether it is a collapse."""
+    """Accuracy on the negation subset, its size, the majority share of the predictions, whether that is a
+    collapse, and the accuracy of always predicting the test set's most frequent label."""
     neg = [r for r in rows if is_negation(r["text"])]
     share = majority_share([r["predicted"] for r in rows])
     return {"negation_accuracy": float(np.mean([r["label"] == r["predicted"] for r in neg])) if neg else "",
             "negation_count": len(neg), "majority_share": share if rows else "",
-            "collapsed": bool(share >= collapse_share) if rows else ""}
+            "collapsed": bool(share >= collapse_share) if rows else "",
+            "majority_class_accuracy": majority_share([r["label"] for r in rows]) if rows else ""}
 
 
 def loss_curve(cell_dir: Path) -> list[tuple[int, float]]:
@@ -409,18 +410,22 @@ def reading(part: str, rows: list[dict]) -> list[str]:
                 lines.append(f"{title(m)}: frozen encoder, nothing to forget (accuracy "
                              f"{np.mean([float(r['test_accuracy']) for r in rows if r['method'] == m]):.3f}).")
     elif part == "lr_sweep":
+        f1 = stats(rows, "test_macro_f1", lambda r: (r["method"], r["labels"], r["lr"]))
         for m in dict.fromkeys(r["method"] for r in rows):
             mine = [r for r in rows if r["method"] == m]
-            by_lr = {lr: acc.get((m, mine[0]["labels"], lr), (float("nan"),))[0] for lr in _lrs(mine)}
-            if not by_lr:
-                continue
-            best = max(by_lr, key=lambda lr: -1 if math.isnan(by_lr[lr]) else by_lr[lr])
-            bad = [lr for lr in _lrs(mine) if any(r["lr"] == lr and (r["collapsed"] is True or r["diverged"])
-                                                  for r in mine)]
-            lines.append(f"{title(m)}: best lr {float(best):g} ({by_lr[best]:.3f}); "
-                         + (f"collapses to one class (or diverges) from lr {float(bad[0]):g}" if bad
-                            else "no collapse in the swept range") + "; "
-                         + ", ".join(f"{float(lr):g}: {a:.3f}" for lr, a in by_lr.items()) + ".")
+            keys = [(m, mine[0]["labels"], lr) for lr in _lrs(mine)]
+            bad = [k[2] for k in keys if any(r["lr"] == k[2] and (r["collapsed"] is True or r["diverged"])
+                                             for r in mine)]
+            # A collapsed cell scores the test set's majority share: never "best", however that compares.
+            fine = [k for k in keys if k in acc and k[2] not in bad]
+            best = max(fine, key=lambda k: acc[k][0]) if fine else None
+            said = (f"best lr {float(best[2]):g} ({acc[best][0]:.3f})" if best else "every rate collapsed")
+            said += (f"; collapses to one class (or diverges) from lr {float(bad[0]):g}"
+                     + (f", where accuracy {acc[(m, mine[0]['labels'], bad[0])][0]:.3f} is the majority share and "
+                        f"macro-F1 {f1[(m, mine[0]['labels'], bad[0])][0]:.3f} shows it"
+                        if (m, mine[0]["labels"], bad[0]) in acc else "") if bad else "; no collapse in the swept range")
+            lines.append(f"{title(m)}: {said}; accuracy by lr: "
+                         + ", ".join(f"{float(k[2]):g}: {acc[k][0]:.3f}" for k in keys if k in acc) + ".")
     elif part == "features":
         neg = stats(rows, "negation_accuracy", lambda r: (r["method"], r["labels"], r["lr"]))
         for b in experiment._budget_order([r["labels"] for r in rows]):
@@ -525,14 +530,17 @@ def plot_all(rows: list[dict], workdir: Path, config) -> None:
     if mine:
         acc = stats(mine, "test_accuracy", key)
         methods = list(dict.fromkeys(r["method"] for r in mine))
+        floor = next((float(r["majority_class_accuracy"]) for r in mine if r["majority_class_accuracy"] != ""), 0.5)
         fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
         for m in methods:
             pts = sorted((float(k[2]), v[0]) for k, v in acc.items() if k[0] == m)
             line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=VARIANTS[m].title)
             bad = sorted({float(r["lr"]) for r in mine if r["method"] == m and (r["collapsed"] is True or r["diverged"])})
-            ys = dict(pts)  # a diverged cell has no accuracy: marked at chance
-            ax.scatter(bad, [ys.get(lr, 0.5) for lr in bad], marker="x", s=120, color=line.get_color(), zorder=5)
-        ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+            ys = dict(pts)  # a diverged cell has no accuracy: marked at the majority class's
+            ax.scatter(bad, [ys.get(lr, floor) for lr in bad], marker="x", s=120, color=line.get_color(), zorder=5)
+        ax.axhline(floor, color="grey", linestyle=":", linewidth=1)
+        ax.annotate("always the majority class", (ax.get_xlim()[0], floor), fontsize=7, xytext=(4, -10),
+                    textcoords="offset points", color="grey")
         ax.set_xscale("log")
         ax.set_xlabel("peak learning rate")
         ax.set_ylabel("test accuracy")

@@ -22,9 +22,11 @@ when its summary.json exists; re-running the command skips finished cells. Parts
    with a negation (not, no, never, n't) vs all.
 
 :quick (one seed, 300 pretraining steps instead of 1,200, 40 TAPT steps instead of 300, at most 100
-fine-tuning steps a cell, the tiny BERT in the sweep): measured on 2 cores, see docs/failures.md. The full
-variant: seeds 0, 1, 2, the files' pretraining and TAPT steps, up to 300 fine-tuning steps, MiniLM's sweep
-1e-6 … 1e-2 (its estimated time is in docs/failures.md).
+fine-tuning steps a cell, the tiny BERT in the sweep; 28 cells): measured 26.5 minutes on 2 cores while
+another job held the load at 5-7 (11 minutes of starting points, 15 of cells); about 12 minutes idle
+(estimated from the 2.3x slower pretraining throughput, not measured). The full variant (147 cells): seeds
+0, 1, 2, the files' pretraining and TAPT steps, up to 300 fine-tuning steps, MiniLM's sweep 1e-6 … 1e-2;
+estimated from the quick run's times at ~5.5 hours under that load, ~2.5 hours idle (docs/failures.md).
 """
 from pathlib import Path
 
