@@ -49,19 +49,23 @@ def get_config(arg=None):
     c.keep_models = False  # True: every cell keeps its classifier in its model/ folder (disk)
     c.collapse_share = 0.95  # a cell has collapsed when at least this share of its test predictions is one class
 
-    # Each part: the variants (tljax/failures.py VARIANTS), label budgets (all labels, validation included;
-    # 0 = all) and, where swept, the peak learning rates (else config.lr of the variant's start).
+    # Each part: variants (tljax/failures.py VARIANTS), label budgets (all labels, validation included; 0 = all)
+    # and, where swept, peak learning rates (lrs; else config.lr of each variant's start).
+    # where the encoder was pretrained, and task-adaptive MLM as the remedy (full fine-tuning)
     c.mismatch = ml_collections.ConfigDict(dict(
         variants=("scratch", "bert_ood", "bert_indomain", "bert_ood_tapt", "minilm", "minilm_tapt"),
         budgets=(100, 1000)))
+    # the tiny BERT's MLM loss on held-out corpus text before/after fine-tuning, per strategy and rate
     c.forgetting = ml_collections.ConfigDict(dict(
         variants=("bert_ood", "bert_light", "bert_lora", "bert_features") if quick else
         ("bert_ood", "bert_light", "bert_lora", "bert_progressive", "bert_features"),
         budget=1000, lrs=(1e-4, 1e-3) if quick else (1e-4, 5e-4, 2e-3)))
+    # accuracy, loss curves and collapse to one class across rates (MiniLM; :quick the tiny BERT)
     c.lr_sweep = ml_collections.ConfigDict(dict(
         variants=("bert_ood", "bert_full_lld", "bert_light") if quick else
         ("minilm", "minilm_full_lld", "minilm_light"),
         budget=1000, lrs=(1e-4, 1e-3, 3e-2) if quick else (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)))
+    # frozen MLM vs CLM features; word2vec vs contextual on the texts with a negation
     c.features = ml_collections.ConfigDict(dict(
         variants=("bert_features", "gpt_features", "gpt_features_mean", "word2vec", "minilm_features", "minilm"),
         budgets=(1000,) if quick else (1000, 0)))
@@ -73,16 +77,16 @@ def get_config(arg=None):
     # Starting points. "" = make it here (into the workdir, reused on re-runs).
     c.tljax = ml_collections.ConfigDict(dict(  # the out-of-domain tiny BERT; 0 steps = the file's
         init_from="", pretrain_config=str(_CONFIGS / "bert_mlm_tiny.py"), pretrain_steps=300 if quick else 0))
-    # The in-domain tiny BERT: the same file and steps on the task's training texts, of which this share is
-    # held out for its eval loss; all of them kept (the corpus's subsample is a cost cut for a larger text).
+    # (the corpus's subsample is a cost cut for a larger text: the in-domain texts are all kept)
+    # The in-domain tiny BERT: the same file and steps on the task's training texts; holdout: the share for its eval loss
     c.indomain = ml_collections.ConfigDict(dict(holdout=0.05, subsample=1.0))
     # The causal LM; match_bert: its width, depth, text, tokenizer size, batch, length and steps are the BERT's.
     c.gpt = ml_collections.ConfigDict(dict(pretrain_config=str(_CONFIGS / "gpt_clm_tiny.py"), match_bert=True))
     c.word2vec = ml_collections.ConfigDict(dict(
         init_from="", config=str(_CONFIGS / "word2vec.py"), epochs=1 if quick else 0))  # 0 = the file's
     c.minilm = ml_collections.ConfigDict(dict(init_from="hf:minilm"))
-    # Task-adaptive MLM on the task's training texts; steps 0 = the file's; lr per base start (0 = the file's
-    # 1e-4, MiniLM's; the tiny BERT was pretrained at 2e-3 and barely moves at 1e-4).
+    # (lr: 0 = the file's 1e-4, MiniLM's; the tiny BERT was pretrained at 2e-3 and barely moves at 1e-4)
+    # Task-adaptive MLM on the task's training texts; steps 0 = the file's; lr per base start (0 = the file's)
     c.tapt = ml_collections.ConfigDict(dict(config=str(_CONFIGS / "adapt_mlm.py"), steps=40 if quick else 0,
                                             lr=ml_collections.ConfigDict(dict(bert_ood=5e-4, minilm=0.0))))
 
