@@ -197,3 +197,46 @@ def test_collapsed_rate_is_never_the_best():
     rows = [row(1e-4, 0.55, 0.55, False), row(1e-3, 0.58, 0.58, False), row(3e-2, 0.60, 0.37, True)]
     line, = failures.reading("lr_sweep", rows)
     assert "best lr 0.001 (0.580)" in line and "from lr 0.03" in line and "macro-F1 0.370" in line
+
+
+@pytest.mark.usefixtures("one_device")
+def test_diverged_cell_is_a_result_and_is_not_rerun(tmp_path, monkeypatch):
+    """A rate that makes the loss non-finite is recorded (diverged, no accuracy), plotted and read, and a
+    re-run skips it; fine-tuning is replaced by a stand-in that writes what a cell writes."""
+    from tljax import engine
+    task = write_keyword_task(tmp_path, seed=3)
+    config = config_lib.load_config_file(f"{CONFIG}:quick")
+    config.parts = ("lr_sweep",)
+    config.lr_sweep.update(variants=("minilm",), budget=20, lrs=(1e-4, 1.0))
+    config.finetune.data.update(name="", train=f"csv:{task}/train.csv", test=f"csv:{task}/test.csv")
+    with open(task / "test.csv", newline="") as f:
+        test = list(csv.DictReader(f))
+    calls = []
+
+    def stand_in(cfg, cell_dir, **kw):
+        calls.append(cfg.train.lr)
+        cell_dir.mkdir(parents=True)
+        config_lib.save_config(cfg, cell_dir)
+        (cell_dir / "metrics.jsonl").write_text('{"step": 1, "train/loss": 0.7}\n')
+        if cfg.train.lr == 1.0:
+            raise engine.Diverged("loss is nan at step 2")
+        with open(cell_dir / "predictions.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label", "predicted"])
+            w.writerows([r["text"], r["label"], r["label"]] for r in test)  # a perfect classifier
+        summary = {"test_accuracy": 1.0, "test_macro_f1": 1.0, "num_labeled": 20, "labels_used": 20,
+                   "trainable_params": 1, "wall_seconds": 0.1, "forgetting": None}
+        (cell_dir / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    monkeypatch.setattr(finetune, "run", stand_in)
+    result = failures.run(config, tmp_path / "fm")
+    assert calls == [1e-4, 1.0]
+    by_lr = {r["lr"]: r for r in result["rows"]}
+    assert by_lr[1.0]["diverged"] is True and by_lr[1.0]["test_accuracy"] == ""
+    assert by_lr[1e-4]["collapsed"] is False and by_lr[1e-4]["negation_accuracy"] == 1.0
+    line, = result["readings"]["lr_sweep"]
+    assert "best lr 0.0001 (1.000)" in line and "from lr 1" in line
+    assert (tmp_path / "fm" / "lr_sweep.png").exists()
+    failures.run(config, tmp_path / "fm")
+    assert calls == [1e-4, 1.0]  # both cells finished: nothing runs again

@@ -316,6 +316,9 @@ def _run(config, workdir: Path) -> dict:
                        "num_labeled": cell.budget or num_all, "labels_used": cell.budget or num_all,
                        "trainable_params": None, "wall_seconds": time.time() - t0}
             if is_lead_process():
+                cell_dir.mkdir(parents=True, exist_ok=True)
+                if not (cell_dir / "config.json").exists():  # re-runs compare a finished cell's settings
+                    config_lib.save_config(cfg, cell_dir)
                 write_json(cell_dir / "summary.json", summary)
             return summary
 
