@@ -7,7 +7,8 @@ The starting points are made first when not given: a tljax MLM checkpoint pretra
 corpus (``workdir/pretrain``) and word2vec vectors (``workdir/word2vec``); MiniLM comes from its offline
 package. Results: ``results.csv`` (one row per cell), ``results.md`` (mean ± std), ``learning_curve.png``
 and a printed answer to the three claims of transfer learning (better predictions with few labels,
-fewer labels needed, less training time).
+fewer labels needed, less training time). The cell loop (``run_cells``), a cell's fine-tuning config
+(``finetune_cell_config``) and the starts are shared with the failure-modes grid (tljax/failures.py).
 """
 from __future__ import annotations
 
