@@ -400,7 +400,8 @@ def _row(cell: Cell, summary: dict, steps: int) -> dict:
             "best_step": summary.get("best_step") or "", "steps": summary.get("setfit_steps", steps)}
 
 
-def _format_seconds(s: float) -> str:
+def format_seconds(s: float) -> str:
+    """Seconds as "1h02m" or "3m05s"."""
     s = int(round(s))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
@@ -413,7 +414,7 @@ def _eta(pending: list[Cell], seconds_by_method: dict[str, list[float]]) -> str:
     mean = float(np.mean(everything))
     total = sum(float(np.mean(seconds_by_method[c.method])) if seconds_by_method.get(c.method) else mean
                 for c in pending)
-    return f"eta {_format_seconds(total)}"
+    return f"eta {format_seconds(total)}"
 
 
 def run(config, workdir: str | Path) -> dict:
@@ -469,7 +470,7 @@ def _run(config, workdir: Path) -> dict:
     claims = write_results(rows, starts, config, workdir)
     log("\n" + claims_text(claims))
     log(f"results: {workdir}/results.csv, results.md, learning_curve.png "
-        f"({_format_seconds(time.time() - t_start)} this invocation)")
+        f"({format_seconds(time.time() - t_start)} this invocation)")
     return {"rows": rows, "claims": claims}
 
 
@@ -507,7 +508,8 @@ def aggregate(rows: list[dict], field: str = "test_accuracy") -> dict[tuple[str,
     return {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)) for k, v in groups.items()}
 
 
-def _budget_order(labels: list[str]) -> list[str]:
+def budget_order(labels: list[str]) -> list[str]:
+    """The distinct budget names, smallest first, "all" last."""
     return sorted(set(labels), key=lambda b: math.inf if b == "all" else int(b))
 
 
@@ -523,7 +525,7 @@ def answer_claims(rows: list[dict], starts: dict) -> dict:
     """
     acc = aggregate(rows)
     secs = aggregate(rows, "wall_seconds")
-    budgets = _budget_order([r["labels"] for r in rows])
+    budgets = budget_order([r["labels"] for r in rows])
     n_of = {r["labels"]: int(r["num_labeled"]) for r in rows}
     transfer = sorted({r["method"] for r in rows} - {"scratch"})
     out: dict = {"budgets": budgets, "pretraining_seconds": {k: v["wall_seconds"] for k, v in starts.items()}}
@@ -584,13 +586,14 @@ def claims_text(claims: dict) -> str:
                      + (f"{lt['speedup']:.1f}× faster." if lt["speedup"] >= 1 else f"{1 / lt['speedup']:.1f}× slower."))
     else:
         lines.append(f"less training time: no transfer cell reaches scratch's best {lt['scratch_accuracy']:.3f}.")
-    costs = ", ".join(f"{k} {_format_seconds(v)}" if v is not None else f"{k} not measured here"
+    costs = ", ".join(f"{k} {format_seconds(v)}" if v is not None else f"{k} not measured here"
                       for k, v in claims["pretraining_seconds"].items())
     lines.append(f"one-off cost of the starting points: {costs}.")
     return "\n".join(lines)
 
 
-def _cell_text(stat: tuple[float, float, int] | None, digits: int = 3, signed: bool = False) -> str:
+def cell_text(stat: tuple[float, float, int] | None, digits: int = 3, signed: bool = False) -> str:
+    """A table cell of (mean, std, n): "0.700 ± 0.020" (no ± for one seed), "–" for none."""
     if stat is None:
         return "–"
     mean, std, n = stat
@@ -600,7 +603,7 @@ def _cell_text(stat: tuple[float, float, int] | None, digits: int = 3, signed: b
 
 def results_markdown(rows: list[dict], claims: dict, starts: dict, config) -> str:
     """Tables (mean ± std over seeds) of test accuracy, macro-F1, forgetting and wall seconds, and the claims."""
-    budgets = _budget_order([r["labels"] for r in rows])
+    budgets = budget_order([r["labels"] for r in rows])
     n_of = {r["labels"]: int(r["num_labeled"]) for r in rows}
     methods = [m for m in config.methods if any(r["method"] == m for r in rows)]
     seeds = sorted({int(r["seed"]) for r in rows})
@@ -612,27 +615,28 @@ def results_markdown(rows: list[dict], claims: dict, starts: dict, config) -> st
         if not shown:
             return []
         out = [f"**{title}**", "", "| method | " + " | ".join(head) + " |", "| --- |" + " ---: |" * len(budgets)]
-        out += [f"| {METHODS[m].title} | " + " | ".join(_cell_text(stats.get((m, b)), digits, signed) for b in budgets)
+        out += [f"| {METHODS[m].title} | " + " | ".join(cell_text(stats.get((m, b)), digits, signed) for b in budgets)
                 + " |" for m in shown]
         return out + [""]
 
     lines = [f"# Learning curve: {config.finetune.data.train or config.finetune.data.name or 'rotten_tomatoes'}", "",
              f"Test accuracy by label budget; mean ± std over seeds {seeds}. The budget is every label a cell "
              f"read: validation for early stopping and model selection came out of it "
-             f"({_validation_note(config.finetune.data)}).", ""]
+             f"({validation_note(config.finetune.data)}).", ""]
     lines += table("test_accuracy", "Test accuracy")
     lines += table("test_macro_f1", "Macro-F1")
     lines += table("forgetting", "Forgetting: increase of the pretraining objective's loss (masked or causal LM) on held-out text", signed=True)
     lines += table("wall_seconds", "Wall seconds per cell (fine-tuning only)", digits=0)
     lines += ["**Starting points**", ""]
     lines += [f"- {k}: {v['init_from']} — {v['note']}" +
-              (f", {_format_seconds(v['wall_seconds'])}" if v["wall_seconds"] is not None else "")
+              (f", {format_seconds(v['wall_seconds'])}" if v["wall_seconds"] is not None else "")
               for k, v in starts.items()]
     lines += ["", "**The claims**", ""] + [f"- {line}" for line in claims_text(claims).splitlines()] + [""]
     return "\n".join(lines)
 
 
-def _validation_note(data_cfg) -> str:
+def validation_note(data_cfg) -> str:
+    """Where each cell's validation labels came from, in words (the budget rule)."""
     if data_cfg.get("validation", ""):
         return f"no carve-out: extra labeled validation from {data_cfg.validation} was used on top of each budget"
     return (f"a stratified {data_cfg.validation_fraction:.0%} of it, at most {data_cfg.max_validation}; probes chose "
@@ -646,7 +650,7 @@ def plot_learning_curve(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     acc = aggregate(rows)
-    budgets = _budget_order([r["labels"] for r in rows])
+    budgets = budget_order([r["labels"] for r in rows])
     n_of = {r["labels"]: int(r["num_labeled"]) for r in rows}
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for m in dict.fromkeys(r["method"] for r in rows):

@@ -22,7 +22,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import re
+import time
 from pathlib import Path
 
 import ml_collections
@@ -291,7 +293,6 @@ def run(config, workdir: str | Path) -> dict:
 
 
 def _run(config, workdir: Path) -> dict:
-    import time
     t_start = time.time()
     if is_lead_process():
         config_lib.save_config(config, workdir)
@@ -332,7 +333,7 @@ def _run(config, workdir: Path) -> dict:
     readings = write_results(rows, starts, config, workdir)
     log("\n" + "\n".join(f"{part}: {line}" for part, lines in readings.items() for line in lines))
     log(f"results: {workdir}/results.csv, results.md, *.png "
-        f"({experiment._format_seconds(time.time() - t_start)} this invocation)")
+        f"({experiment.format_seconds(time.time() - t_start)} this invocation)")
     return {"rows": rows, "readings": readings}
 
 
@@ -392,7 +393,7 @@ def reading(part: str, rows: list[dict]) -> list[str]:
     title = lambda m: VARIANTS[m].title
     lines = []
     if part == "mismatch":
-        for b in experiment._budget_order([r["labels"] for r in rows]):
+        for b in experiment.budget_order([r["labels"] for r in rows]):
             got = {m: a[0] for (m, lab, _), a in acc.items() if lab == b}
             pairs = [("bert_indomain", "bert_ood", "in-domain vs out-of-domain pretraining"),
                      ("bert_ood_tapt", "bert_ood", "TAPT after out-of-domain pretraining"),
@@ -431,7 +432,7 @@ def reading(part: str, rows: list[dict]) -> list[str]:
                          + ", ".join(f"{float(k[2]):g}: {acc[k][0]:.3f}" for k in keys if k in acc) + ".")
     elif part == "features":
         neg = stats(rows, "negation_accuracy", lambda r: (r["method"], r["labels"], r["lr"]))
-        for b in experiment._budget_order([r["labels"] for r in rows]):
+        for b in experiment.budget_order([r["labels"] for r in rows]):
             got = {m: (a[0], neg.get(k, (float("nan"),))[0]) for k, a in acc.items()
                    for m in [k[0]] if k[1] == b}
             if "bert_features" in got and "gpt_features" in got:
@@ -446,10 +447,10 @@ def reading(part: str, rows: list[dict]) -> list[str]:
 def results_markdown(rows: list[dict], readings: dict, starts: dict, config) -> str:
     """A table per part (mean ± std over seeds), the starting points and the readings."""
     seeds = sorted({int(r["seed"]) for r in rows})
-    text = experiment._cell_text
+    text = experiment.cell_text
     out = [f"# Failure modes: {config.finetune.data.train or config.finetune.data.name or 'rotten_tomatoes'}", "",
            f"Mean ± std over seeds {seeds}. Label budget rule: budget = all labels, validation carved out of it "
-           f"({experiment._validation_note(config.finetune.data)}). A cell 'collapses' when at least "
+           f"({experiment.validation_note(config.finetune.data)}). A cell 'collapses' when at least "
            f"{config.collapse_share:.0%} of its test predictions are one class. 'Negated': the test texts "
            f"containing not, no, never, cannot or n't (whole words, any case).", ""]
     key = lambda r: (r["method"], r["labels"], r["lr"])
@@ -471,7 +472,7 @@ def results_markdown(rows: list[dict], readings: dict, starts: dict, config) -> 
             out[-1] += " | ".join(text(st[f].get(k), d, signed=f == "forgetting") for f, _, d in fields) + " |"
         out += ["", "Reading: " + " ".join(readings.get(part, [])), ""]
     out += ["## Starting points", ""]
-    out += [f"- {k}: {v['init_from']} — {v['note']}" + (f", {experiment._format_seconds(v['wall_seconds'])}"
+    out += [f"- {k}: {v['init_from']} — {v['note']}" + (f", {experiment.format_seconds(v['wall_seconds'])}"
                                                          if v["wall_seconds"] is not None else "")
             for k, v in starts.items()]
     return "\n".join(out) + "\n"
@@ -486,7 +487,6 @@ def plot_all(rows: list[dict], workdir: Path, config) -> None:
     key = lambda r: (r["method"], r["labels"], r["lr"])
 
     def save(fig, name):
-        import os
         tmp = workdir / f"{name}.tmp.png"
         fig.tight_layout()
         fig.savefig(tmp, dpi=110)
@@ -496,7 +496,7 @@ def plot_all(rows: list[dict], workdir: Path, config) -> None:
     mine = _in_part(rows, "mismatch")
     if mine:
         acc = stats(mine, "test_accuracy", key)
-        budgets = experiment._budget_order([r["labels"] for r in mine])
+        budgets = experiment.budget_order([r["labels"] for r in mine])
         methods = list(dict.fromkeys(r["method"] for r in mine))
         fig, ax = plt.subplots(figsize=(8, 4.5))
         width = 0.8 / len(budgets)
