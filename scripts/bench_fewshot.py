@@ -5,10 +5,14 @@ SmolLM2-135M-Instruct's prompt label scores, ``hf:smollm2``).
     pip install -e '.[fewshot]'        # setfit + sentence-transformers + torch: for this benchmark only
     python scripts/bench_fewshot.py --budget 100 --seeds 0 1 2 3 4 --json runs/bench_fewshot.json
 
+    python scripts/make_wordnet_topics.py   # once: the second labeled set (WordNet definitions -> 6 topics)
+    python scripts/bench_fewshot.py --task wordnet_topics --budget 300 --seeds 0 1 2 3 4 --json runs/bench_wn.json
+
 For each seed the label budget is tljax's class-balanced sample of BUDGET Rotten Tomatoes training
 examples (``tljax.data.labeled.load_labeled``); every method sees only those BUDGET labels (tljax's
 validation is carved out of them, SetFit needs none and trains on all of them). Test: the 1,188 snippets of
-the held-out movies. Prints test accuracy (mean ± std over seeds) and wall seconds per method.
+the held-out movies (``--task wordnet_topics``: its training definitions and its 1,192 test definitions).
+Prints test accuracy (mean ± std over seeds) and wall seconds per method.
 """
 from __future__ import annotations
 
@@ -34,17 +38,39 @@ TLJAX_METHODS = {
              dict(recipe="lpft", strategy="full", train=dict(lr=1e-5, steps=300, eval_every=25))),
     "setfit": ("tljax: recipe=setfit (configs/finetune_fewshot.py)", dict()),
     "setfit_st": ("tljax: recipe=setfit + 2 rounds of self-training", dict(self_training=dict(rounds=2))),
-    # SmolLM2-135M-Instruct's zero-shot prompt scores (0.763 on this test set with no labels) + logreg.
+    # SmolLM2-135M-Instruct's zero-shot prompt scores (0.763 on Rotten Tomatoes with no labels) + logreg;
+    # the prompt and verbalizer are the task's (TASKS below).
     "prompt_probe": ("tljax: SmolLM2 prompt label scores + logreg (recipe=prompt_probe)",
-                     dict(init_from="hf:smollm2", recipe="prompt_probe", strategy="features", pooling="auto",
-                          prompt=dict(prompt="Review: {text}\nSentiment:",
-                                      verbalizer='{"fresh": " positive", "rotten": " negative"}'))),
+                     dict(init_from="hf:smollm2", recipe="prompt_probe", strategy="features", pooling="auto")),
     "prompt_probe_hidden": ("tljax: SmolLM2 prompt label scores + last-token features + logreg",
                             dict(init_from="hf:smollm2", recipe="prompt_probe", strategy="features", pooling="auto",
-                                 prompt_probe=dict(hidden=True),
-                                 prompt=dict(prompt="Review: {text}\nSentiment:",
-                                             verbalizer='{"fresh": " positive", "rotten": " negative"}'))),
+                                 prompt_probe=dict(hidden=True))),
 }
+
+
+# The labeled sets: Rotten Tomatoes (built in) and WordNet definitions -> topic (scripts/make_wordnet_topics.py
+# writes its CSVs into the tljax cache). prompt / verbalizer: what the prompt_probe methods ask SmolLM2.
+TASKS = {
+    "rotten_tomatoes": dict(data=dict(name="", train="", test=""), test_name="Rotten Tomatoes test (1,188)",
+                            prompt="Review: {text}\nSentiment:",
+                            verbalizer='{"fresh": " positive", "rotten": " negative"}'),
+    "wordnet_topics": dict(data=dict(name=""), test_name="WordNet topics test (1,192)",
+                           prompt="Definition: {text}\nThis is the definition of a kind of",
+                           verbalizer='{"animal": " animal", "body": " body", "food": " food", '
+                                      '"location": " place", "person": " person", "plant": " plant"}'),
+}
+
+
+def task_data(task: str) -> dict:
+    """The finetune ``data`` fields selecting ``task``'s train and test sets."""
+    data = dict(TASKS[task]["data"])
+    if task == "wordnet_topics":
+        from tljax.utils import cache_dir
+        folder = cache_dir() / "wordnet_topics"
+        if not (folder / "train.csv").exists():
+            sys.exit(f"bench_fewshot: error: {folder}/train.csv is missing; run python scripts/make_wordnet_topics.py")
+        data.update(train=f"csv:{folder}/train.csv", test=f"csv:{folder}/test.csv")
+    return data
 
 
 def _fewshot_config():
@@ -56,7 +82,8 @@ def _fewshot_config():
     return module.get_config()
 
 
-def run_tljax(method: str, budget: int, seed: int, workdir: Path, iterations: int, max_length: int) -> dict:
+def run_tljax(method: str, task: str, budget: int, seed: int, workdir: Path, iterations: int,
+              max_length: int) -> dict:
     """One tljax finetune run; returns {"accuracy", "seconds", "labels_used"}. iterations: pair iterations of
     the setfit recipes (the same as SetFit's); max_length: tokens per text."""
     from tljax import finetune
@@ -67,8 +94,10 @@ def run_tljax(method: str, budget: int, seed: int, workdir: Path, iterations: in
             c[key].update(value)
         else:
             c[key] = value
+    if c.recipe == "prompt_probe":
+        c.prompt.update(prompt=TASKS[task]["prompt"], verbalizer=TASKS[task]["verbalizer"])
     c.seed = seed
-    c.data.update(num_labeled=budget, max_len=max_length)
+    c.data.update(num_labeled=budget, max_len=max_length, **task_data(task))
     c.setfit.pair_iterations = iterations
     c.train.checkpoint_every = 0
     c.save_model = False  # timed like SetFit's in-memory model (a prompt probe would write the whole LM)
@@ -77,7 +106,7 @@ def run_tljax(method: str, budget: int, seed: int, workdir: Path, iterations: in
     return {"accuracy": summary["test_accuracy"], "seconds": time.time() - t0, "labels_used": summary["labels_used"]}
 
 
-def run_setfit(budget: int, seed: int, iterations: int, max_length: int, output_dir: Path) -> dict:
+def run_setfit(task: str, budget: int, seed: int, iterations: int, max_length: int, output_dir: Path) -> dict:
     """SetFit on the same BUDGET examples (train + tljax's validation carve-out: all of them train)."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer
@@ -85,7 +114,7 @@ def run_setfit(budget: int, seed: int, iterations: int, max_length: int, output_
     from sklearn.linear_model import LogisticRegression
     from tljax.data import labeled
     from tljax.hf import fetch_minilm
-    data = labeled.load_labeled({"num_labeled": budget}, seed)
+    data = labeled.load_labeled({"num_labeled": budget, **task_data(task)}, seed)
     texts = data.train.texts + data.validation.texts
     labels = np.concatenate([data.train.labels, data.validation.labels]).tolist()
     t0 = time.time()
@@ -95,13 +124,14 @@ def run_setfit(budget: int, seed: int, iterations: int, max_length: int, output_
                              seed=seed, report_to="none")
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts, "label": labels}))
     trainer.train()
-    preds = np.asarray(model.predict(data.test.texts, batch_size=64))
+    preds = np.asarray(model.predict(data.test.texts, batch_size=64))  # label ids, as trained on
     seconds = time.time() - t0
     return {"accuracy": float((preds == data.test.labels).mean()), "seconds": seconds, "labels_used": len(texts)}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", default="rotten_tomatoes", choices=sorted(TASKS))
     ap.add_argument("--budget", type=int, default=100, help="labels per run, validation included")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--methods", nargs="+", default=["setfit_peer", *TLJAX_METHODS],
@@ -118,18 +148,20 @@ def main():
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     results = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).exists() else {}
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_fewshot_"))
+    task_key = "" if args.task == "rotten_tomatoes" else f"/{args.task}"  # Rotten Tomatoes keys as before
     for seed in args.seeds:
         for m in args.methods:
-            key = f"{m}/{args.budget}/{seed}/it{args.iterations}"
+            key = f"{m}/{args.budget}/{seed}/it{args.iterations}" + task_key
             if key in results:
                 continue
             if m == "setfit_peer":
                 import torch
                 torch.manual_seed(seed)
-                results[key] = run_setfit(args.budget, seed, args.iterations, args.max_length,
+                results[key] = run_setfit(args.task, args.budget, seed, args.iterations, args.max_length,
                                           workdir / f"setfit_peer_s{seed}")
             else:
-                results[key] = run_tljax(m, args.budget, seed, workdir, args.iterations, args.max_length)
+                results[key] = run_tljax(m, args.task, args.budget, seed, workdir, args.iterations,
+                                         args.max_length)
             r = results[key]
             print(f"{m} seed {seed}: accuracy {r['accuracy']:.4f}, {r['seconds']:.0f} s, {r['labels_used']} labels",
                   flush=True)
@@ -139,10 +171,10 @@ def main():
     titles = {"setfit_peer": f"SetFit 1.x (PyTorch), {args.iterations} pair iterations, logreg head",
               **{k: v[0] for k, v in TLJAX_METHODS.items()}}
     print(f"\n{args.budget} labels (validation and model selection inside the budget; no extra labels), "
-          f"seeds {args.seeds}, Rotten Tomatoes test (1,188)\n")
+          f"seeds {args.seeds}, {TASKS[args.task]['test_name']}\n")
     print(f"| method ({len(args.seeds)} seed(s)) | test accuracy | wall s per run |\n| --- | ---: | ---: |")
     for m in args.methods:
-        keys = [f"{m}/{args.budget}/{s}/it{args.iterations}" for s in args.seeds]
+        keys = [f"{m}/{args.budget}/{s}/it{args.iterations}" + task_key for s in args.seeds]
         rs = [results[k] for k in keys if k in results]
         if not rs:
             continue

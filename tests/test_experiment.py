@@ -56,7 +56,7 @@ def mini_config(task, text_corpus, tmp_path):
     """))
     c = config_lib.load_config_file(REPO / "configs" / "experiments" / "learning_curve.py")
     c.methods = ("scratch", "word2vec", "tljax_features", "tljax_light")
-    c.budgets, c.seeds = (20, 0), (0, 1)
+    c.budgets, c.seeds, c.few_label_seeds = (20, 0), (0, 1), ()
     c.tljax.pretrain_config, c.word2vec.config, c.word2vec.epochs = str(pretrain_file), str(w2v_file), 1
     c.finetune.data.update(name="", train=f"csv:{task}/train.csv", test=f"csv:{task}/test.csv",
                            validation_fraction=0.25, max_len=16, batch_size=8)
@@ -199,7 +199,7 @@ def test_decoder_methods_on_a_tiny_llama(task, text_corpus, tmp_path, monkeypatc
     assert not set(experiment.DECODER_METHODS) & set(
         config_lib.load_config_file(REPO / "configs" / "experiments" / "learning_curve.py", "quick").methods)
     c.methods = ("smollm2_last", "smollm2_lora", "smollm2_prompt")
-    c.budgets, c.seeds = (20, 0), (0,)
+    c.budgets, c.seeds, c.few_label_seeds = (20, 0), (0,), ()
     c.smollm2.init_from = str(llama)
     c.prompt.update(verbalizer='{"neg": " little", "pos": " great"}', prompt="{text} .")
     c.finetune.data.update(name="", train=f"csv:{task}/train.csv", test=f"csv:{task}/test.csv",
@@ -246,6 +246,7 @@ def test_task_adaptive_methods_pretrain_on_training_texts_only(task, text_corpus
             return c
     """))
     config.methods, config.budgets, config.seeds = ("tljax_tapt",), (20,), (0,)
+    config.few_label_seeds = ()
     config.tapt.config = str(tapt_file)
     source = experiment.tapt_source(config.finetune.data)
     assert source == f"csv:{task}/train.csv@text"
@@ -287,3 +288,16 @@ def test_rotten_tomatoes_tapt_source_has_no_test_text(tmp_path, monkeypatch):
     assert source == "builtin:rotten_tomatoes_train_text"
     docs = list(sources.iter_documents(source))
     assert docs == ["good film", "a plot"] and not set(docs) & set(prepared.load_rt_split("test")[0])
+
+
+def test_few_label_budgets_run_more_seeds():
+    """The full grid runs 5 seeds at 100 and 300 labels (the spread there is the finding) and 3 elsewhere;
+    :quick runs one seed everywhere; repeated seeds are refused."""
+    full = config_lib.load_config_file(REPO / "configs" / "experiments" / "learning_curve.py")
+    assert [experiment.seeds_of(full, b) for b in (100, 300, 1000, 3000, 0)] == \
+        [(0, 1, 2, 3, 4)] * 2 + [(0, 1, 2)] * 3
+    quick = config_lib.load_config_file(REPO / "configs" / "experiments" / "learning_curve.py", "quick")
+    assert {experiment.seeds_of(quick, b) for b in quick.budgets} == {(0,)}
+    full.few_label_seeds = (0, 0, 1)
+    with pytest.raises(config_lib.ConfigError, match="few_label_seeds"):
+        experiment.validate(full)

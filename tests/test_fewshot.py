@@ -239,3 +239,32 @@ def test_experiment_cells_of_the_recipes():
         experiment.config_lib.validate_finetune(c)
     # 20 epochs over the 80 training examples of a 100-label budget (20 are the validation carve-out).
     assert cells["minilm_full"].train.steps == 100
+
+
+def test_wordnet_topics_parse_and_split():
+    """The second few-shot set: a data.noun line -> (offset, topic, definition before its examples, without
+    the synset's words); only the six topic files; the split puts each synset on one side, the test side
+    class-balanced, and a definition text never on both sides."""
+    import importlib.util
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "make_wordnet_topics.py"
+    spec = importlib.util.spec_from_file_location("make_wordnet_topics", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    lines = ["  1 This software and database is being provided to you, the LICENSEE, by",
+             "01321123 05 n 01 cub 0 001 @ 01320694 n 0000 | the young of certain carnivorous mammals such as "
+             "the bear or wolf or lion",
+             "02084071 05 n 02 dog 0 domestic_dog 0 003 @ 02083346 n 0000 | a member of the genus Canis; "
+             "\"the dog barked all night\"",
+             "03082979 06 n 01 computer 0 000 | a machine for performing calculations automatically",
+             "07747607 13 n 01 orange 0 000 | round yellow to orange fruit"]
+    rows = module.definitions(lines)
+    assert rows == [("01321123", "animal", "the young of certain carnivorous mammals such as the bear or wolf or lion"),
+                    ("02084071", "animal", "a member of the genus Canis"),
+                    ("07747607", "food", "round yellow to orange fruit")]
+    many = [(f"{i:08d}", ["animal", "plant"][i % 2], f"definition number {i} of something") for i in range(400)]
+    many.append(("99999999", "plant", many[0][2]))  # the same text as a synset that may land in test
+    train, test = module.split(many, test_per_class=5)
+    assert [sum(1 for _, y in test if y == c) for c in ("animal", "plant")] == [5, 5]
+    assert not {t for t, _ in train} & {t for t, _ in test}
+    in_pool = sum(1 for o, _, _ in many if module.stable_hash(o) % 10 == 0)
+    assert 10 <= in_pool < 80 and len(train) <= len(many) - in_pool

@@ -101,6 +101,12 @@ def validate(config) -> None:
                                      "or 0 for all labels")
     if not config.seeds or len(set(config.seeds)) != len(config.seeds):
         raise config_lib.ConfigError(f"seeds={tuple(config.seeds)} must be distinct integers")
+    few = tuple(config.get("few_label_seeds", ()))
+    if len(set(few)) != len(few):
+        raise config_lib.ConfigError(f"few_label_seeds={few} must be distinct integers (or () for seeds everywhere)")
+    if few and int(config.get("few_label_max", 0)) <= 0:
+        raise config_lib.ConfigError(f"few_label_max={config.get('few_label_max')} must be > 0: the largest budget "
+                                     f"that runs few_label_seeds")
     if config.max_epochs <= 0:
         raise config_lib.ConfigError(f"max_epochs={config.max_epochs} must be > 0")
     config_lib.validate_finetune(config.finetune, prefix="finetune.")
@@ -115,6 +121,15 @@ def validate(config) -> None:
                                          "object label -> continuation for the prompting methods")
         if int(config.prompt.k_shot) < 0:
             raise config_lib.ConfigError(f"prompt.k_shot={config.prompt.k_shot} must be >= 0")
+
+
+def seeds_of(config, budget: int) -> tuple[int, ...]:
+    """The seeds a label budget runs: ``few_label_seeds`` at budgets 1..``few_label_max`` when set (small
+    budgets vary most from seed to seed), else ``seeds``."""
+    few = tuple(config.get("few_label_seeds", ()))
+    if few and 0 < budget <= int(config.few_label_max):
+        return few
+    return tuple(config.seeds)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -437,11 +452,13 @@ def _run(config, workdir: Path) -> dict:
     num_all = labeled.load_labeled(dict(config.finetune.data, num_labeled=0), 0).labels_used
 
     cells = [Cell(m, int(b), int(s)) for b in sorted(config.budgets, key=lambda b: b or math.inf)
-             for m in config.methods for s in config.seeds]
+             for m in config.methods for s in seeds_of(config, int(b))]
     finished = finished_cells(cells, workdir)
-    log(f"experiment: {len(cells)} cells ({len(config.methods)} methods × {len(config.budgets)} label budgets "
-        f"× {len(config.seeds)} seeds), {len(finished)} already done; "
-        f"'all' = {num_all} labels")
+    few = tuple(config.get("few_label_seeds", ()))
+    seeds_text = (f"seeds {tuple(config.seeds)}, {few} at ≤ {config.few_label_max} labels" if few
+                  else f"{len(config.seeds)} seeds")
+    log(f"experiment: {len(cells)} cells ({len(config.methods)} methods × {len(config.budgets)} label budgets, "
+        f"{seeds_text}), {len(finished)} already done; 'all' = {num_all} labels")
 
     rows = []
 

@@ -3,7 +3,7 @@
     tljax experiment --config configs/experiments/learning_curve.py --workdir runs/lc              # full grid
     tljax experiment --config configs/experiments/learning_curve.py:quick --workdir runs/lc_quick  # README main job
 
-Full grid: 5 label budgets × 14 methods × 3 seeds = 210 cells, after pretraining the tiny tljax BERT and
+Full grid: 5 label budgets × 14 methods, 5 seeds at 100 and 300 labels and 3 at the others = 266 cells, after pretraining the tiny tljax BERT and
 word2vec on the embedded corpus. The four decoder methods use SmolLM2-135M (``hf:smollm2``): last-token and
 mean features + logreg, LoRA (rank 8 on the attention query/value kernels + head), and prompting
 (``prompt``: zero-shot by default, which uses no labels and is computed once and copied to every budget and
@@ -39,6 +39,9 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.budgets = (100, 1000, 0) if quick else (100, 300, 1000, 3000, 0)  # labeled examples; 0 = all
     c.seeds = (0,) if quick else (0, 1, 2)
+    # Budgets up to few_label_max run these seeds instead (their spread is the finding); () = seeds everywhere.
+    c.few_label_seeds = () if quick else (0, 1, 2, 3, 4)
+    c.few_label_max = 300
     # See tljax/experiment.py METHODS: the few-shot recipes are opt-in, and :quick runs no decoder
     # (SmolLM2) method (see the docstring).
     c.methods = tuple(m for m in DEFAULT_METHODS if not (quick and m in DECODER_METHODS))
