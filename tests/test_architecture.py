@@ -13,7 +13,7 @@ LAYERS = {
     3: ("engine", "tasks", "pretrained", "word2vec"),
     4: ("init_from", "gguf_import", "hf", "classifier", "continued"),
     5: ("pretrain", "finetune", "zeroshot"),
-    6: ("cli", "experiment", "__init__"),
+    6: ("cli", "experiment", "failures", "__init__"),
 }
 LAYER = {name: layer for layer, names in LAYERS.items() for name in names}
 

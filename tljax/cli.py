@@ -284,9 +284,22 @@ def cmd_word2vec(argv):
     run_config_command(argv, word2vec.run, "nothing was saved, re-run the command", command="word2vec")
 
 
+def run_experiment(config, workdir):
+    """The experiment the config names in ``experiment`` (learning_curve when it names none)."""
+    from tljax import defaults
+    from tljax.config import ConfigError
+    name = config.get("experiment", defaults.EXPERIMENT)
+    if name == "failure_modes":
+        from tljax import failures
+        return failures.run(config, workdir)
+    if name == "learning_curve":
+        from tljax import experiment
+        return experiment.run(config, workdir)
+    raise ConfigError(f"experiment={name!r} unknown; choose one of {', '.join(defaults.EXPERIMENTS)}")
+
+
 def cmd_experiment(argv):
-    from tljax import experiment
-    run_config_command(argv, experiment.run, "finished cells are kept, re-run the same command to resume",
+    run_config_command(argv, run_experiment, "finished cells are kept, re-run the same command to resume",
                        command="experiment")
 
 
@@ -467,8 +480,8 @@ COMMAND_USAGE = {
     "word2vec": ("--config FILE.py --workdir DIR [--config.FIELD=VALUE ...]",
                  "word2vec (skip-gram/CBOW, negative sampling) word vectors in JAX."),
     "experiment": ("--config FILE.py[:quick] --workdir DIR [--config.FIELD=VALUE ...]",
-                   "Transfer vs scratch across label budgets: results.csv/.md, learning_curve.png (resumes:\n"
-                   "finished cells are kept)."),
+                   "A resumable grid of fine-tuning cells (finished cells are kept): the learning curve (transfer\n"
+                   "vs scratch across label budgets) or, with configs/experiments/failure_modes.py, the failure modes."),
     "data": ("prepare [--force]", "Fetch and prepare the embedded offline corpus and Rotten Tomatoes."),
     "convert": ("--from SRC --to DST", "Hugging Face folder <-> tljax run: --from hf:/folder (or hf:minilm) "
                                        "--to runs/x writes a run\nthat init_from accepts; --from runs/x --to "

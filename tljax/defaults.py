@@ -10,6 +10,10 @@ from tljax.sharding import DEFAULT_RULES
 # slower than XLA's own dots (docs/benchmarks.md). A --xla_cpu_experimental_ynn_fusion_type in XLA_FLAGS wins.
 CPU_INFERENCE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
+# What ``tljax experiment`` runs when its config has no ``experiment`` field (the learning-curve configs).
+EXPERIMENT = "learning_curve"
+EXPERIMENTS = ("learning_curve", "failure_modes")  # experiment = the config's field; tljax/experiment.py, failures.py
+
 
 def pretrain_config(objective: str, kind: str) -> ml_collections.ConfigDict:
     """Defaults for ``tljax pretrain``; ``objective`` "mlm" (with kind "bert") or "clm" (kind "gpt" or

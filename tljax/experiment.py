@@ -7,7 +7,8 @@ The starting points are made first when not given: a tljax MLM checkpoint pretra
 corpus (``workdir/pretrain``) and word2vec vectors (``workdir/word2vec``); MiniLM comes from its offline
 package. Results: ``results.csv`` (one row per cell), ``results.md`` (mean ± std), ``learning_curve.png``
 and a printed answer to the three claims of transfer learning (better predictions with few labels,
-fewer labels needed, less training time).
+fewer labels needed, less training time). The cell loop (``run_cells``), a cell's fine-tuning config
+(``finetune_cell_config``) and the starts are shared with the failure-modes grid (tljax/failures.py).
 """
 from __future__ import annotations
 
@@ -149,9 +150,9 @@ def prepare_starts(config, workdir: Path) -> dict:
     costs = json.loads(_costs_path(workdir).read_text()) if _costs_path(workdir).exists() else {}
     starts = {}
     if needed & {"tljax", "scratch"}:
-        starts["tljax"] = _tljax_start(config.tljax, workdir, costs)
+        starts["tljax"] = tljax_start(config.tljax, workdir, costs)
     if "word2vec" in needed:
-        starts["word2vec"] = _word2vec_start(config.word2vec, workdir, costs)
+        starts["word2vec"] = word2vec_start(config.word2vec, workdir, costs)
     if "minilm" in needed:
         starts["minilm"] = {"init_from": config.minilm.init_from, "wall_seconds": None,
                             "note": "pretrained by its authors (not measured here)"}
@@ -166,26 +167,34 @@ def prepare_starts(config, workdir: Path) -> dict:
     return starts
 
 
-def _tljax_start(cfg, workdir: Path, costs: dict) -> dict:
+def tljax_start(cfg, workdir: Path, costs: dict) -> dict:
+    """The tljax MLM start: ``cfg.init_from`` if given, else pretrained by ``cfg.pretrain_config`` into
+    ``workdir/pretrain`` (cost key "tljax")."""
     if cfg.init_from:
         summary = Path(cfg.init_from) / "summary.json"
         seconds = json.loads(summary.read_text()).get("wall_seconds") if summary.exists() else None
         return {"init_from": cfg.init_from, "wall_seconds": seconds, "note": f"given ({cfg.init_from})"}
-    run_dir = workdir / "pretrain"
     pcfg = config_lib.load_config_file(cfg.pretrain_config)
     if cfg.pretrain_steps:
         pcfg.train.steps = int(cfg.pretrain_steps)
-    log(f"pretraining the tljax MLM starting point into {run_dir} ({cfg.pretrain_config}, "
+    return pretrain_start(pcfg, workdir / "pretrain", "tljax", costs, what=cfg.pretrain_config)
+
+
+def pretrain_start(pcfg, run_dir: Path, name: str, costs: dict, what: str) -> dict:
+    """A start pretrained here by ``pcfg`` into ``run_dir`` (resumed, or reused when finished); its wall
+    seconds add up over invocations in ``costs[name]``. Returns the start's {"init_from", "wall_seconds", "note"}."""
+    log(f"pretraining the {name} starting point into {run_dir} ({what}, {pcfg.data.source}, "
         f"{pcfg.train.steps} steps); re-runs reuse it")
     summary = pretrain.run(pcfg, run_dir)
     if summary.get("steps_this_run"):  # resumed pretraining adds up over invocations
-        costs["tljax"] = costs.get("tljax", 0.0) + summary["wall_seconds"]
-    return {"init_from": str(run_dir), "wall_seconds": costs.get("tljax"),
-            "note": f"pretrained here: {summary['steps']} steps, eval MLM loss {summary['eval_loss']:.3f} "
-                    f"(unigram {summary['unigram_loss']:.3f})"}
+        costs[name] = costs.get(name, 0.0) + summary["wall_seconds"]
+    return {"init_from": str(run_dir), "wall_seconds": costs.get(name),
+            "note": f"pretrained here: {summary['steps']} steps, eval {pcfg.objective.upper()} loss "
+                    f"{summary['eval_loss']:.3f} (unigram {summary['unigram_loss']:.3f})"}
 
 
-def _word2vec_start(cfg, workdir: Path, costs: dict) -> dict:
+def word2vec_start(cfg, workdir: Path, costs: dict) -> dict:
+    """The word2vec start: ``cfg.init_from`` if given, else trained by ``cfg.config`` into ``workdir/word2vec``."""
     if cfg.init_from:
         return {"init_from": cfg.init_from, "wall_seconds": None, "note": f"given ({cfg.init_from})"}
     run_dir = workdir / "word2vec"
@@ -216,16 +225,19 @@ def tapt_source(finetune_data) -> str:
                                  f"leave the *_tapt methods out")
 
 
-def make_tapt_start(config, workdir: Path, name: str, base: dict, costs: dict) -> dict:
+def make_tapt_start(config, workdir: Path, name: str, base: dict, costs: dict, lr: float = 0.0) -> dict:
     """``base`` (a start) trained further with masked LM on the task's training texts (``tapt_source``) by
     ``config.tapt.config`` (configs/adapt_mlm.py), into ``workdir/<name>``; made once, reused (and resumed)
-    by re-runs. Its cost adds the base's one-off cost to the adaptation's."""
+    by re-runs. Its cost adds the base's one-off cost to the adaptation's. lr > 0: the adaptation's peak
+    rate instead of the file's (a tiny model pretrained at 2e-3 barely moves at MiniLM's 1e-4)."""
     run_dir = workdir / name
     pcfg = config_lib.load_config_file(config.tapt.config)
     pcfg.init_from = base["init_from"]
     pcfg.data.source = tapt_source(config.finetune.data)
     if config.tapt.steps:
         pcfg.train.steps = int(config.tapt.steps)
+    if lr:
+        pcfg.train.lr = float(lr)
     log(f"task-adaptive pretraining of {base['init_from']} on {pcfg.data.source} into {run_dir} "
         f"({pcfg.train.steps} steps); re-runs reuse it")
     summary = pretrain.run(pcfg, run_dir)
@@ -252,40 +264,55 @@ class Cell:
     def dir(self, workdir: Path) -> Path:
         return workdir / "cells" / self.method / f"{budget_name(self.budget)}_s{self.seed}"
 
+    def describe(self) -> str:
+        return f"{self.method}, {budget_name(self.budget)} labels, seed {self.seed}"
+
 
 def cell_config(config, cell: Cell, starts: dict, num_all: int) -> ml_collections.ConfigDict:
-    """The ``finetune.run`` config of one cell: ``config.finetune`` + the method, budget and seed.
-
-    Steps: at most ``finetune.train.steps``, and no more than ``max_epochs`` passes over the labeled set
-    (100 labels do not need 300 steps); at least two evaluations."""
+    """The ``finetune.run`` config of one cell: ``config.finetune`` + the method, budget and seed."""
     method = METHODS[cell.method]
     if method.strategy == "prompt":
         return prompt_config(config, cell, starts)
-    c = ml_collections.ConfigDict(config.finetune.to_dict())
-    c.strategy, c.seed, c.layer_lr_decay = method.strategy, cell.seed, method.layer_lr_decay
-    # A cell's model/ costs disk (MiniLM: ~90 MB per cell); kept only where the user asks.
-    c.save_model = bool(config.get("keep_models", False))
-    if method.pooling != "auto":
-        c.pooling = method.pooling
-    if method.strategy != "lora":  # the adapters' settings belong to LoRA cells only
-        c.lora = finetune_defaults().lora
+    lr = float(config.lr[method.start]) if method.start in config.lr else config.finetune.train.lr
+    if method.recipe in ("lpft", "setfit"):  # each recipe has its own rate (LP-FT: small; SetFit: its body rate)
+        lr = float(config.lr.get(method.recipe, lr))
+    scratch = method.start == "scratch"
+    c = finetune_cell_config(config, method.strategy, cell.budget, cell.seed, lr, num_all,
+                             init_from="none" if scratch else starts[method.start]["init_from"],
+                             model_like=starts["tljax"]["init_from"] if scratch else None,
+                             layer_lr_decay=method.layer_lr_decay, pooling=method.pooling)
     # The prompt settings: the experiment's prompt node, for prompt_probe cells only.
-    c.prompt = finetune_defaults().prompt
     if method.recipe == "prompt_probe":
         c.prompt.update({k: config.prompt[k] for k in c.prompt})
     else:
         c.prompt_probe = finetune_defaults().prompt_probe
     c.recipe, c.self_training.rounds = method.recipe, method.self_training_rounds
-    c.data.num_labeled = cell.budget
-    if method.start == "scratch":
-        c.init_from, c.model_like = "none", starts["tljax"]["init_from"]
-    else:
-        c.init_from = starts[method.start]["init_from"]
-    c.train.lr = float(config.lr[method.start]) if method.start in config.lr else c.train.lr
-    n = cell.budget or num_all
-    if method.recipe in ("lpft", "setfit"):  # each recipe has its own rate (LP-FT: small; SetFit: its body rate)
-        c.train.lr = float(config.lr.get(method.recipe, c.train.lr))
+    return c
+
+
+def finetune_cell_config(config, strategy: str, budget: int, seed: int, lr: float, num_all: int, init_from: str,
+                         model_like: str | None = None, layer_lr_decay: float = 1.0,
+                         pooling: str = "auto") -> ml_collections.ConfigDict:
+    """``config.finetune`` made into one cell's ``finetune.run`` config (shared by the experiments).
+
+    Steps: at most ``finetune.train.steps``, and no more than ``config.max_epochs`` passes over the training
+    part of the budget (100 labels do not need 300 steps); at least two evaluations."""
+    c = ml_collections.ConfigDict(config.finetune.to_dict())
+    c.strategy, c.seed, c.layer_lr_decay = strategy, seed, layer_lr_decay
+    # A cell's model/ costs disk (MiniLM: ~90 MB per cell); kept only where the user asks.
+    c.save_model = bool(config.get("keep_models", False))
+    if pooling != "auto":
+        c.pooling = pooling
+    if strategy != "lora":  # the adapters' settings belong to LoRA cells only
+        c.lora = finetune_defaults().lora
+    c.prompt = finetune_defaults().prompt
+    c.data.num_labeled = budget
+    c.init_from = init_from
+    if model_like is not None:
+        c.model_like = model_like
+    c.train.lr = float(lr)
     # Epochs count passes over the training part of the budget (the validation carve-out does not train).
+    n = budget or num_all
     n = max(1, n - int(round(n * c.data.validation_fraction)))
     by_epochs = math.ceil(config.max_epochs * n / c.data.batch_size)
     c.train.steps = int(min(c.train.steps, max(2 * c.train.eval_every, by_epochs)))
@@ -327,6 +354,43 @@ def _run_prompt_cell(cfg, cell_dir: Path, num_labeled: int) -> dict:
     return summary
 
 
+def finished_cells(cells: list, workdir: Path) -> dict:
+    """{cell: its summary} of the cells whose ``summary.json`` exists (read once: the ETA follows this dict)."""
+    return {c: s for c in cells if (s := _read_summary(c.dir(workdir))) is not None}
+
+
+def run_cells(cells: list, workdir: Path, config_of, run_cell, after_cell, finished: dict | None = None) -> dict:
+    """The resumable loop over a grid's cells, shared by the experiments.
+
+    cells: in run order, each with ``.dir(workdir)``, ``.method`` (the ETA's group: cells of one method cost
+    alike) and ``.describe()``. A cell whose ``summary.json`` exists is finished and not run again, unless its
+    saved config differs from ``config_of(cell)`` (ConfigError naming the fields); an unfinished cell's folder
+    (an interrupted run) is removed and the cell run by ``run_cell(cell, cfg, cell_dir, finished) -> summary``.
+    ``after_cell(cell, cfg, summary, ran)`` follows every cell, run now or earlier. Returns {cell: summary}."""
+    finished = finished_cells(cells, workdir) if finished is None else finished
+    seconds_by_method: dict[str, list[float]] = {}
+    for cell, summary in finished.items():
+        seconds_by_method.setdefault(cell.method, []).append(summary["wall_seconds"])
+    for k, cell in enumerate(cells, 1):
+        cell_dir = cell.dir(workdir)
+        cfg = config_of(cell)
+        summary = finished.get(cell)
+        if summary is not None and (diffs := _differences(cell_dir, cfg)):
+            raise config_lib.ConfigError(
+                f"cell {cell_dir} was run with other settings ({'; '.join(diffs[:3])}); use a new --workdir, "
+                f"or delete that cell folder to re-run it")
+        ran = summary is None
+        if ran:
+            pending = [c for c in cells[k - 1:] if c not in finished]
+            log(f"[cell {k}/{len(cells)}] {cell.describe()} ({_eta(pending, seconds_by_method)})")
+            if cell_dir.exists():  # a cell interrupted earlier: start it over
+                shutil.rmtree(cell_dir)
+            summary = finished[cell] = run_cell(cell, cfg, cell_dir, finished)
+            seconds_by_method.setdefault(cell.method, []).append(summary["wall_seconds"])
+        after_cell(cell, cfg, summary, ran)
+    return finished
+
+
 def _read_summary(cell_dir: Path) -> dict | None:
     try:
         return json.loads((cell_dir / "summary.json").read_text())
@@ -351,7 +415,8 @@ def _row(cell: Cell, summary: dict, steps: int) -> dict:
             "best_step": summary.get("best_step") or "", "steps": summary.get("setfit_steps", steps)}
 
 
-def _format_seconds(s: float) -> str:
+def format_seconds(s: float) -> str:
+    """Seconds as "1h02m" or "3m05s"."""
     s = int(round(s))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
@@ -364,7 +429,7 @@ def _eta(pending: list[Cell], seconds_by_method: dict[str, list[float]]) -> str:
     mean = float(np.mean(everything))
     total = sum(float(np.mean(seconds_by_method[c.method])) if seconds_by_method.get(c.method) else mean
                 for c in pending)
-    return f"eta {_format_seconds(total)}"
+    return f"eta {format_seconds(total)}"
 
 
 def run(config, workdir: str | Path) -> dict:
@@ -388,54 +453,41 @@ def _run(config, workdir: Path) -> dict:
 
     cells = [Cell(m, int(b), int(s)) for b in sorted(config.budgets, key=lambda b: b or math.inf)
              for m in config.methods for s in seeds_of(config, int(b))]
-    # Each finished cell's summary is read once; the ETA then follows this dict, not the disk.
-    finished = {c: s for c in cells if (s := _read_summary(c.dir(workdir))) is not None}
-    rows, seconds_by_method = [], {}
-    for cell, summary in finished.items():
-        seconds_by_method.setdefault(cell.method, []).append(summary["wall_seconds"])
+    finished = finished_cells(cells, workdir)
     few = tuple(config.get("few_label_seeds", ()))
     seeds_text = (f"seeds {tuple(config.seeds)}, {few} at ≤ {config.few_label_max} labels" if few
                   else f"{len(config.seeds)} seeds")
     log(f"experiment: {len(cells)} cells ({len(config.methods)} methods × {len(config.budgets)} label budgets, "
         f"{seeds_text}), {len(finished)} already done; 'all' = {num_all} labels")
 
-    for k, cell in enumerate(cells, 1):
-        cell_dir = cell.dir(workdir)
-        cfg = cell_config(config, cell, starts, num_all)
-        summary = finished.get(cell)
-        if summary is not None and (diffs := _differences(cell_dir, cfg)):
-            raise config_lib.ConfigError(
-                f"cell {cell_dir} was run with other settings ({'; '.join(diffs[:3])}); use a new --workdir, "
-                f"or delete that cell folder to re-run it")
-        runs_now = summary is None
-        if runs_now:
-            pending = [c for c in cells[k - 1:] if c not in finished]
-            log(f"[cell {k}/{len(cells)}] {cell.method}, {budget_name(cell.budget)} labels, seed {cell.seed} "
-                f"({_eta(pending, seconds_by_method)})")
-            if cell_dir.exists():  # a cell interrupted earlier: start it over
-                shutil.rmtree(cell_dir)
-            same = next((c for c in finished if METHODS[c.method].strategy == "prompt" and c.method == cell.method
-                         and not _differences(c.dir(workdir), cfg)), None)
-            if METHODS[cell.method].strategy == "prompt" and same is not None:
-                # zero-shot: the budget and seed do not enter the result; the cell is the earlier one's
-                shutil.copytree(same.dir(workdir), cell_dir)
-                summary = dict(finished[same], num_labeled=cell.budget or num_all)
-                write_json(cell_dir / "summary.json", summary)
-                finished[cell] = summary
-            elif METHODS[cell.method].strategy == "prompt":
-                summary = finished[cell] = _run_prompt_cell(cfg, cell_dir, cell.budget or num_all)
-            else:
-                # No feature cache: a cell's wall seconds must not depend on which cells ran before it.
-                summary = finished[cell] = finetune.run(cfg, cell_dir, feature_cache=False)
-            seconds_by_method.setdefault(cell.method, []).append(summary["wall_seconds"])
+    rows = []
+
+    def run_cell(cell: Cell, cfg, cell_dir: Path, finished: dict) -> dict:
+        if METHODS[cell.method].strategy != "prompt":
+            # No feature cache: a cell's wall seconds must not depend on which cells ran before it.
+            return finetune.run(cfg, cell_dir, feature_cache=False)
+        same = next((c for c in finished if METHODS[c.method].strategy == "prompt" and c.method == cell.method
+                     and not _differences(c.dir(workdir), cfg)), None)
+        if same is None:
+            return _run_prompt_cell(cfg, cell_dir, cell.budget or num_all)
+        # zero-shot: the budget and seed do not enter the result; the cell is the earlier one's
+        shutil.copytree(same.dir(workdir), cell_dir)
+        summary = dict(finished[same], num_labeled=cell.budget or num_all)
+        write_json(cell_dir / "summary.json", summary)
+        return summary
+
+    def after_cell(cell: Cell, cfg, summary: dict, ran: bool) -> None:
         rows.append(_row(cell, summary, 0 if METHODS[cell.method].strategy == "prompt" else cfg.train.steps))
-        if runs_now:  # after every cell run, so a crash keeps them all; cells finished earlier add no rewrite
+        if ran:  # after every cell run, so a crash keeps them all; cells finished earlier add no rewrite
             write_results(rows, starts, config, workdir)
+
+    run_cells(cells, workdir, lambda cell: cell_config(config, cell, starts, num_all), run_cell, after_cell,
+              finished)
 
     claims = write_results(rows, starts, config, workdir)
     log("\n" + claims_text(claims))
     log(f"results: {workdir}/results.csv, results.md, learning_curve.png "
-        f"({_format_seconds(time.time() - t_start)} this invocation)")
+        f"({format_seconds(time.time() - t_start)} this invocation)")
     return {"rows": rows, "claims": claims}
 
 
@@ -453,9 +505,10 @@ def write_results(rows: list[dict], starts: dict, config, workdir: Path) -> dict
     return claims
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
+def write_csv(rows: list[dict], path: Path, fields: tuple[str, ...] = CSV_FIELDS) -> None:
+    """``rows`` as CSV with the columns ``fields``, replacing ``path`` atomically."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -472,7 +525,8 @@ def aggregate(rows: list[dict], field: str = "test_accuracy") -> dict[tuple[str,
     return {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)) for k, v in groups.items()}
 
 
-def _budget_order(labels: list[str]) -> list[str]:
+def budget_order(labels: list[str]) -> list[str]:
+    """The distinct budget names, smallest first, "all" last."""
     return sorted(set(labels), key=lambda b: math.inf if b == "all" else int(b))
 
 
@@ -488,7 +542,7 @@ def answer_claims(rows: list[dict], starts: dict) -> dict:
     """
     acc = aggregate(rows)
     secs = aggregate(rows, "wall_seconds")
-    budgets = _budget_order([r["labels"] for r in rows])
+    budgets = budget_order([r["labels"] for r in rows])
     n_of = {r["labels"]: int(r["num_labeled"]) for r in rows}
     transfer = sorted({r["method"] for r in rows} - {"scratch"})
     out: dict = {"budgets": budgets, "pretraining_seconds": {k: v["wall_seconds"] for k, v in starts.items()}}
@@ -549,13 +603,14 @@ def claims_text(claims: dict) -> str:
                      + (f"{lt['speedup']:.1f}× faster." if lt["speedup"] >= 1 else f"{1 / lt['speedup']:.1f}× slower."))
     else:
         lines.append(f"less training time: no transfer cell reaches scratch's best {lt['scratch_accuracy']:.3f}.")
-    costs = ", ".join(f"{k} {_format_seconds(v)}" if v is not None else f"{k} not measured here"
+    costs = ", ".join(f"{k} {format_seconds(v)}" if v is not None else f"{k} not measured here"
                       for k, v in claims["pretraining_seconds"].items())
     lines.append(f"one-off cost of the starting points: {costs}.")
     return "\n".join(lines)
 
 
-def _cell_text(stat: tuple[float, float, int] | None, digits: int = 3, signed: bool = False) -> str:
+def cell_text(stat: tuple[float, float, int] | None, digits: int = 3, signed: bool = False) -> str:
+    """A table cell of (mean, std, n): "0.700 ± 0.020" (no ± for one seed), "–" for none."""
     if stat is None:
         return "–"
     mean, std, n = stat
@@ -565,7 +620,7 @@ def _cell_text(stat: tuple[float, float, int] | None, digits: int = 3, signed: b
 
 def results_markdown(rows: list[dict], claims: dict, starts: dict, config) -> str:
     """Tables (mean ± std over seeds) of test accuracy, macro-F1, forgetting and wall seconds, and the claims."""
-    budgets = _budget_order([r["labels"] for r in rows])
+    budgets = budget_order([r["labels"] for r in rows])
     n_of = {r["labels"]: int(r["num_labeled"]) for r in rows}
     methods = [m for m in config.methods if any(r["method"] == m for r in rows)]
     seeds = sorted({int(r["seed"]) for r in rows})
@@ -577,27 +632,28 @@ def results_markdown(rows: list[dict], claims: dict, starts: dict, config) -> st
         if not shown:
             return []
         out = [f"**{title}**", "", "| method | " + " | ".join(head) + " |", "| --- |" + " ---: |" * len(budgets)]
-        out += [f"| {METHODS[m].title} | " + " | ".join(_cell_text(stats.get((m, b)), digits, signed) for b in budgets)
+        out += [f"| {METHODS[m].title} | " + " | ".join(cell_text(stats.get((m, b)), digits, signed) for b in budgets)
                 + " |" for m in shown]
         return out + [""]
 
     lines = [f"# Learning curve: {config.finetune.data.train or config.finetune.data.name or 'rotten_tomatoes'}", "",
              f"Test accuracy by label budget; mean ± std over seeds {seeds}. The budget is every label a cell "
              f"read: validation for early stopping and model selection came out of it "
-             f"({_validation_note(config.finetune.data)}).", ""]
+             f"({validation_note(config.finetune.data)}).", ""]
     lines += table("test_accuracy", "Test accuracy")
     lines += table("test_macro_f1", "Macro-F1")
     lines += table("forgetting", "Forgetting: increase of the pretraining objective's loss (masked or causal LM) on held-out text", signed=True)
     lines += table("wall_seconds", "Wall seconds per cell (fine-tuning only)", digits=0)
     lines += ["**Starting points**", ""]
     lines += [f"- {k}: {v['init_from']} — {v['note']}" +
-              (f", {_format_seconds(v['wall_seconds'])}" if v["wall_seconds"] is not None else "")
+              (f", {format_seconds(v['wall_seconds'])}" if v["wall_seconds"] is not None else "")
               for k, v in starts.items()]
     lines += ["", "**The claims**", ""] + [f"- {line}" for line in claims_text(claims).splitlines()] + [""]
     return "\n".join(lines)
 
 
-def _validation_note(data_cfg) -> str:
+def validation_note(data_cfg) -> str:
+    """Where each cell's validation labels came from, in words (the budget rule)."""
     if data_cfg.get("validation", ""):
         return f"no carve-out: extra labeled validation from {data_cfg.validation} was used on top of each budget"
     return (f"a stratified {data_cfg.validation_fraction:.0%} of it, at most {data_cfg.max_validation}; probes chose "
@@ -611,7 +667,7 @@ def plot_learning_curve(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     acc = aggregate(rows)
-    budgets = _budget_order([r["labels"] for r in rows])
+    budgets = budget_order([r["labels"] for r in rows])
     n_of = {r["labels"]: int(r["num_labeled"]) for r in rows}
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for m in dict.fromkeys(r["method"] for r in rows):
