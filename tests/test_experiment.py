@@ -115,11 +115,19 @@ def test_grid_end_to_end_with_resume(task, text_corpus, tmp_path, monkeypatch):
     costs = json.loads((workdir / "pretraining_costs.json").read_text())
     assert costs["tljax"] > 0 and costs["word2vec"] > 0
 
+    # A moved workdir, named by another path, resumes: its starts are the same folders below it.
+    moved = tmp_path / "elsewhere" / "lc_moved"
+    moved.parent.mkdir()
+    workdir.rename(moved)
+    calls.clear()
+    experiment.run(config, moved.absolute())
+    assert calls == []
+
     # Re-running with a setting that changes a finished cell refuses, naming the field.
     config.finetune.train.lr = 1e-3
     config.lr.tljax = 1e-3
     with pytest.raises(ConfigError, match="train.lr"):
-        experiment.run(config, workdir)
+        experiment.run(config, moved)
 
 
 def _rows(table):

@@ -375,7 +375,7 @@ def run_cells(cells: list, workdir: Path, config_of, run_cell, after_cell, finis
         cell_dir = cell.dir(workdir)
         cfg = config_of(cell)
         summary = finished.get(cell)
-        if summary is not None and (diffs := _differences(cell_dir, cfg)):
+        if summary is not None and (diffs := _differences(cell_dir, cfg, workdir)):
             raise config_lib.ConfigError(
                 f"cell {cell_dir} was run with other settings ({'; '.join(diffs[:3])}); use a new --workdir, "
                 f"or delete that cell folder to re-run it")
@@ -398,9 +398,28 @@ def _read_summary(cell_dir: Path) -> dict | None:
         return None
 
 
-def _differences(cell_dir: Path, cfg) -> list[str]:
-    """``field: saved -> current`` for every setting of a finished cell that the current config changes."""
-    return workdir_lib.result_differences(json.loads((cell_dir / "config.json").read_text()), config_lib.to_dict(cfg))
+def _differences(cell_dir: Path, cfg, workdir: Path) -> list[str]:
+    """``field: saved -> current`` for every setting of a finished cell that the current config changes.
+
+    A start made inside the workdir (``workdir/pretrain``, ``workdir/word2vec``, …) is named through the
+    workdir as the command spelled it, so a moved workdir, or one given as an absolute instead of a relative
+    path, names the same start differently: such a path counts as unchanged when the saved one ends with the
+    same components below the workdir."""
+    saved = workdir_lib.result_settings(json.loads((cell_dir / "config.json").read_text()))
+    current = workdir_lib.result_settings(config_lib.to_dict(cfg))
+    root = Path(workdir).absolute()
+    for key, value in current.items():
+        old = saved.get(key)
+        if not (isinstance(value, str) and isinstance(old, str)) or old == value or not value:
+            continue
+        try:
+            below = Path(value).absolute().relative_to(root).parts
+        except ValueError:  # not a path inside the workdir
+            continue
+        if below and Path(old).parts[-len(below):] == below:
+            saved[key] = value
+    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(saved) | set(current))
+            if saved.get(k) != current.get(k)]
 
 
 def _row(cell: Cell, summary: dict, steps: int) -> dict:
@@ -467,7 +486,7 @@ def _run(config, workdir: Path) -> dict:
             # No feature cache: a cell's wall seconds must not depend on which cells ran before it.
             return finetune.run(cfg, cell_dir, feature_cache=False)
         same = next((c for c in finished if METHODS[c.method].strategy == "prompt" and c.method == cell.method
-                     and not _differences(c.dir(workdir), cfg)), None)
+                     and not _differences(c.dir(workdir), cfg, workdir)), None)
         if same is None:
             return _run_prompt_cell(cfg, cell_dir, cell.budget or num_all)
         # zero-shot: the budget and seed do not enter the result; the cell is the earlier one's
