@@ -208,3 +208,21 @@ def test_experiment_method_uses_the_experiments_prompt_and_is_opt_in(tiny_llama,
     c.finetune.prompt.prompt = "{text} ?"
     with pytest.raises(ConfigError, match="set --config.prompt"):
         experiment.run(c, tmp_path / "lc2")
+
+
+def test_without_a_verbalizer_each_label_is_scored_as_its_name(tiny_llama, task, tmp_path, monkeypatch):
+    """configs/finetune_fewshot.py:prompt_probe with no verbalizer: the labels' own names (" neg", " pos") are
+    the continuations, in the summary and in the saved classifier."""
+    from pathlib import Path
+    from tljax import config as config_lib
+    monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
+    c = config_lib.load_config_file(Path(__file__).parents[1] / "configs" / "finetune_fewshot.py", "prompt_probe")
+    assert c.recipe == "prompt_probe" and c.strategy == "features" and not c.prompt.verbalizer
+    c.init_from = f"hf:{tiny_llama[0]}"
+    c.data.update(name="", train=f"csv:{task}/train.csv", test=f"csv:{task}/test.csv", num_labeled=30, max_len=32)
+    c.prompt.batch_size = 8
+    c.mesh.shape = (1, 1, 1)
+    summary = finetune.run(c, tmp_path / "run")
+    assert summary["prompt_probe"]["verbalizer"] == {"neg": " neg", "pos": " pos"}
+    meta = json.loads((tmp_path / "run" / "model" / "classifier.json").read_text())
+    assert meta["prompt"]["continuations"] == [" neg", " pos"]

@@ -74,7 +74,9 @@ def prompt_config() -> ml_collections.ConfigDict:
     prompt and the continuations mean newline and tab, so a shell's "Review: {text}\\nSentiment:" works."""
     c = ml_collections.ConfigDict()
     c.prompt = "{text}"  # filled with each text ({text}); the verbalizer continues it
-    c.verbalizer = ""  # JSON object: label (as in the data) -> continuation text, e.g. {"pos": " positive"}
+    # JSON object: label (as in the data) -> continuation text, e.g. {"pos": " positive"}; "" = tljax zeroshot
+    # refuses, recipe=prompt_probe scores each label's own name after a space
+    c.verbalizer = ""
     c.normalize = "sum"  # "sum" of the continuation's token log-probabilities, or their "mean"
     c.max_len = 512  # longest scored sequence in tokens; a longer prompt loses tokens at its start
     c.batch_size = 16  # prompts scored per forward pass

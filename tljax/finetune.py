@@ -642,6 +642,13 @@ def _prompt_verbalizer(config, pre: Pretrained, label_names: list[str]) -> promp
     """recipe=prompt_probe's checks before anything is written: a causal LM with its pretrained LM head, and a
     verbalizer entry for every label of the task. Returns the verbalizer. Raises ConfigError."""
     prompt_lib.check_causal_lm(pre, config.init_from, "recipe=prompt_probe")
+    if not config.prompt.verbalizer:
+        # No verbalizer given: each label is scored as its own name (labels are usually words); the probe
+        # learns from the budget how much each score counts, so names need not be the best words.
+        names = [str(name) for name in label_names]
+        log(f"prompt_probe: no prompt.verbalizer given: each label is scored as its own name after a space "
+            f"({', '.join(repr(' ' + n) for n in names)}); set --config.prompt.verbalizer to choose the words")
+        return prompt_lib.make_verbalizer(names, [" " + n for n in names], pre.tokenizer)
     verbalizer = prompt_lib.parse_verbalizer(config.prompt.verbalizer, pre.tokenizer)
     missing = [name for name in label_names if name not in verbalizer.labels]
     if missing:
