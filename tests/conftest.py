@@ -1,5 +1,6 @@
 """Test setup: 8 virtual CPU devices (set before JAX is imported) and a private data cache."""
 import os
+import textwrap
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -129,3 +130,21 @@ def tiny_pretrain_run(tmp_path_factory, corpus, objective="mlm", kind="bert", **
         mp.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
         pretrain.run(tiny_pretrain_config(objective, kind, corpus, **train), workdir)
     return workdir
+
+
+def write_tiny_bert_config(path, corpus):
+    """A config file for a 2-layer 32-wide BERT pretrained with MLM for 8 steps on ``corpus``/*.txt (the
+    experiments' tljax start, made in seconds). Returns ``path``."""
+    path.write_text(textwrap.dedent(f"""
+        from tljax.defaults import pretrain_config
+        def get_config(arg=None):
+            c = pretrain_config("mlm", "bert")
+            c.model.update(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64, max_len=32)
+            c.data.update(source="text:{corpus}/*.txt", holdout=0.1, seq_len=32, batch_size=8)
+            c.data.tokenizer.update(vocab_size=300)
+            c.train.update(steps=8, warmup_steps=2, lr=3e-3, log_every=4, eval_every=8, checkpoint_every=8,
+                           eval_batches=2)
+            c.mesh.shape = (1, 1, 1)
+            return c
+    """))
+    return path

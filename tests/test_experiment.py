@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_keyword_task
+from conftest import write_keyword_task, write_tiny_bert_config
 from tljax import config as config_lib
 from tljax import experiment, finetune
 from tljax.config import ConfigError
@@ -30,19 +30,7 @@ def task(tmp_path_factory):
 def mini_config(task, text_corpus, tmp_path):
     """Four methods × 2 budgets × 2 seeds on the CSV task; the tljax and word2vec starts are made by the
     experiment from config files written here (a 2-layer 32-wide BERT, 1-epoch word2vec)."""
-    pretrain_file = tmp_path / "tiny_bert.py"
-    pretrain_file.write_text(textwrap.dedent(f"""
-        from tljax.defaults import pretrain_config
-        def get_config(arg=None):
-            c = pretrain_config("mlm", "bert")
-            c.model.update(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64, max_len=32)
-            c.data.update(source="text:{text_corpus}/*.txt", holdout=0.1, seq_len=32, batch_size=8)
-            c.data.tokenizer.update(vocab_size=300)
-            c.train.update(steps=8, warmup_steps=2, lr=3e-3, log_every=4, eval_every=8, checkpoint_every=8,
-                           eval_batches=2)
-            c.mesh.shape = (1, 1, 1)
-            return c
-    """))
+    pretrain_file = write_tiny_bert_config(tmp_path / "tiny_bert.py", text_corpus)
     w2v_file = tmp_path / "tiny_w2v.py"
     w2v_file.write_text(textwrap.dedent(f"""
         import importlib.util

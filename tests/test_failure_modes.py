@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_keyword_task
+from conftest import write_keyword_task, write_tiny_bert_config
 from tljax import cli, experiment, failures, finetune, pretrain
 from tljax import config as config_lib
 from tljax.config import ConfigError
@@ -101,19 +101,7 @@ def test_experiment_dispatch(monkeypatch):
 
 def mini_config(task, text_corpus, tmp_path):
     """Three parts on the CSV task with a 2-layer 32-wide BERT and GPT pretrained here in seconds."""
-    bert_file = tmp_path / "tiny_bert.py"
-    bert_file.write_text(textwrap.dedent(f"""
-        from tljax.defaults import pretrain_config
-        def get_config(arg=None):
-            c = pretrain_config("mlm", "bert")
-            c.model.update(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64, max_len=32)
-            c.data.update(source="text:{text_corpus}/*.txt", holdout=0.1, seq_len=32, batch_size=8)
-            c.data.tokenizer.update(vocab_size=300)
-            c.train.update(steps=8, warmup_steps=2, lr=3e-3, log_every=4, eval_every=8, checkpoint_every=8,
-                           eval_batches=2)
-            c.mesh.shape = (1, 1, 1)
-            return c
-    """))
+    bert_file = write_tiny_bert_config(tmp_path / "tiny_bert.py", text_corpus)
     gpt_file = tmp_path / "tiny_gpt.py"
     gpt_file.write_text(textwrap.dedent("""
         from tljax.defaults import pretrain_config

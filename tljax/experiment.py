@@ -451,21 +451,27 @@ def _eta(pending: list[Cell], seconds_by_method: dict[str, list[float]]) -> str:
     return f"eta {format_seconds(total)}"
 
 
+def locked_run(config, workdir: str | Path, validate_config, body) -> dict:
+    """What every experiment does around its grid: the config checked first, the workdir locked, the
+    config saved (process 0), compilations kept on disk (cells of one method and budget compile the same
+    step for every seed); then ``body(config, workdir Path)``."""
+    validate_config(config)
+    with workdir_lib.locked(workdir):
+        workdir = Path(workdir)
+        if is_lead_process():
+            config_lib.save_config(config, workdir)
+        enable_compilation_cache()
+        return body(config, workdir)
+
+
 def run(config, workdir: str | Path) -> dict:
     """Run (or resume) the grid into ``workdir``; write results.csv / results.md / learning_curve.png and
     return {"rows": [...], "claims": {...}}. The config is checked first; the workdir is locked for the run."""
-    validate(config)
-    with workdir_lib.locked(workdir):
-        return _run(config, Path(workdir))
+    return locked_run(config, workdir, validate, _run)
 
 
 def _run(config, workdir: Path) -> dict:
-
     t_start = time.time()
-    if is_lead_process():
-        config_lib.save_config(config, workdir)
-    # Cells of one method and budget compile the same step for every seed: keep compilations on disk.
-    enable_compilation_cache()
     starts = prepare_starts(config, workdir)
     # The size of "all": every training label (validation is carved out of it, as out of every budget).
     num_all = labeled.load_labeled(dict(config.finetune.data, num_labeled=0), 0).labels_used

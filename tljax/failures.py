@@ -32,9 +32,8 @@ import numpy as np
 
 from tljax import config as config_lib
 from tljax import engine, experiment, finetune
-from tljax import workdir as workdir_lib
 from tljax.data import labeled
-from tljax.utils import enable_compilation_cache, is_lead_process, log, write_json
+from tljax.utils import is_lead_process, log, write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,16 +286,11 @@ def loss_curve(cell_dir: Path) -> list[tuple[int, float]]:
 def run(config, workdir: str | Path) -> dict:
     """Run (or resume) the failure-modes grid into ``workdir``; write the results and return
     {"rows": [...], "readings": {part: [lines]}}. The config is checked first; the workdir is locked."""
-    validate(config)
-    with workdir_lib.locked(workdir):
-        return _run(config, Path(workdir))
+    return experiment.locked_run(config, workdir, validate, _run)
 
 
 def _run(config, workdir: Path) -> dict:
     t_start = time.time()
-    if is_lead_process():
-        config_lib.save_config(config, workdir)
-    enable_compilation_cache()
     starts = prepare_starts(config, workdir)
     num_all = labeled.load_labeled(dict(config.finetune.data, num_labeled=0), 0).labels_used
     parts = part_cells(config)
