@@ -190,7 +190,7 @@ def test_experiment_method_uses_the_experiments_prompt_and_is_opt_in(tiny_llama,
     monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
     assert "smollm2_prompt_probe" in experiment.METHODS and "smollm2_prompt_probe" not in experiment.DEFAULT_METHODS
     c = config_lib.load_config_file(Path(__file__).parents[1] / "configs" / "experiments" / "learning_curve.py")
-    c.methods, c.budgets, c.seeds = ("smollm2_prompt_probe",), (20,), (0,)
+    c.methods, c.budgets, c.seeds, c.few_label_seeds = ("smollm2_prompt_probe",), (20,), (0,), ()
     c.smollm2.init_from = f"hf:{tiny_llama[0]}"
     c.prompt.update(verbalizer='{"neg": " little", "pos": " great"}', prompt=PROMPT_TYPED, batch_size=8)
     c.finetune.data.update(name="", train=f"csv:{task}/train.csv", test=f"csv:{task}/test.csv", max_len=16)
