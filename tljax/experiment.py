@@ -541,12 +541,14 @@ def write_csv(rows: list[dict], path: Path, fields: tuple[str, ...] = CSV_FIELDS
     os.replace(tmp, path)
 
 
-def aggregate(rows: list[dict], field: str = "test_accuracy") -> dict[tuple[str, str], tuple[float, float, int]]:
-    """{(method, labels): (mean, std over seeds, number of seeds)} of ``field`` (rows without it skipped)."""
-    groups: dict[tuple[str, str], list[float]] = {}
+def aggregate(rows: list[dict], field: str = "test_accuracy",
+              key=lambda r: (r["method"], r["labels"])) -> dict[tuple, tuple[float, float, int]]:
+    """{key(row), by default (method, labels): (mean, std over seeds, number of seeds)} of ``field`` (rows
+    without it, "" or None, skipped)."""
+    groups: dict[tuple, list[float]] = {}
     for r in rows:
-        if r[field] != "":
-            groups.setdefault((r["method"], r["labels"]), []).append(float(r[field]))
+        if r[field] not in ("", None):
+            groups.setdefault(key(r), []).append(float(r[field]))
     return {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)) for k, v in groups.items()}
 
 

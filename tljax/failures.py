@@ -351,15 +351,6 @@ def _row(cell: Cell, cfg, summary: dict, workdir: Path, parts: list[str], collap
 # ----------------------------------------------------------------------------------------------------
 # Results
 # ----------------------------------------------------------------------------------------------------
-def stats(rows: list[dict], field: str, key) -> dict:
-    """{key(row): (mean, std over seeds, n)} of ``field`` over the rows that have it."""
-    groups: dict = {}
-    for r in rows:
-        if r[field] not in ("", None):
-            groups.setdefault(key(r), []).append(float(r[field]))
-    return {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)) for k, v in groups.items()}
-
-
 def _in_part(rows: list[dict], part: str) -> list[dict]:
     return [r for r in rows if part in r["parts"].split(";")]
 
@@ -383,7 +374,7 @@ def reading(part: str, rows: list[dict]) -> list[str]:
     """A few plain lines saying what the part's numbers show (means over seeds), whichever way they fall."""
     if not rows:
         return ["no results yet"]
-    acc = stats(rows, "test_accuracy", lambda r: (r["method"], r["labels"], r["lr"]))
+    acc = experiment.aggregate(rows, "test_accuracy", lambda r: (r["method"], r["labels"], r["lr"]))
     title = lambda m: VARIANTS[m].title
     lines = []
     if part == "mismatch":
@@ -397,7 +388,7 @@ def reading(part: str, rows: list[dict]) -> list[str]:
             if said:
                 lines.append(f"{b} labels: " + "; ".join(said) + ".")
     elif part == "forgetting":
-        forg = stats(rows, "forgetting", lambda r: (r["method"], r["labels"], r["lr"]))
+        forg = experiment.aggregate(rows, "forgetting", lambda r: (r["method"], r["labels"], r["lr"]))
         for m in dict.fromkeys(r["method"] for r in rows):
             pts = sorted(((float(k[2]) if k[2] != "" else 0.0, forg[k][0], acc[k][0]) for k in forg
                           if k[0] == m and k in acc))
@@ -408,7 +399,7 @@ def reading(part: str, rows: list[dict]) -> list[str]:
                 lines.append(f"{title(m)}: frozen encoder, nothing to forget (accuracy "
                              f"{np.mean([float(r['test_accuracy']) for r in rows if r['method'] == m]):.3f}).")
     elif part == "lr_sweep":
-        f1 = stats(rows, "test_macro_f1", lambda r: (r["method"], r["labels"], r["lr"]))
+        f1 = experiment.aggregate(rows, "test_macro_f1", lambda r: (r["method"], r["labels"], r["lr"]))
         for m in dict.fromkeys(r["method"] for r in rows):
             mine = [r for r in rows if r["method"] == m]
             keys = [(m, mine[0]["labels"], lr) for lr in _lrs(mine)]
@@ -425,7 +416,7 @@ def reading(part: str, rows: list[dict]) -> list[str]:
             lines.append(f"{title(m)}: {said}; accuracy by lr: "
                          + ", ".join(f"{float(k[2]):g}: {acc[k][0]:.3f}" for k in keys if k in acc) + ".")
     elif part == "features":
-        neg = stats(rows, "negation_accuracy", lambda r: (r["method"], r["labels"], r["lr"]))
+        neg = experiment.aggregate(rows, "negation_accuracy", lambda r: (r["method"], r["labels"], r["lr"]))
         for b in experiment.budget_order([r["labels"] for r in rows]):
             got = {m: (a[0], neg.get(k, (float("nan"),))[0]) for k, a in acc.items()
                    for m in [k[0]] if k[1] == b}
@@ -457,7 +448,7 @@ def results_markdown(rows: list[dict], readings: dict, starts: dict, config) -> 
             continue
         out += [f"## {part}", "", "| variant | labels | lr | " + " | ".join(f[1] for f in fields) + " |",
                 "| --- | ---: | ---: |" + " ---: |" * len(fields)]
-        st = {f: stats(mine, f, key) for f, _, _ in fields}
+        st = {f: experiment.aggregate(mine, f, key) for f, _, _ in fields}
         for k in dict.fromkeys(key(r) for r in mine):
             flag = " **collapsed**" if any(key(r) == k and r["collapsed"] is True for r in mine) else ""
             flag += " **diverged**" if any(key(r) == k and r["diverged"] for r in mine) else ""
@@ -489,7 +480,7 @@ def plot_all(rows: list[dict], workdir: Path, config) -> None:
 
     mine = _in_part(rows, "mismatch")
     if mine:
-        acc = stats(mine, "test_accuracy", key)
+        acc = experiment.aggregate(mine, "test_accuracy", key)
         budgets = experiment.budget_order([r["labels"] for r in mine])
         methods = list(dict.fromkeys(r["method"] for r in mine))
         fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -508,7 +499,7 @@ def plot_all(rows: list[dict], workdir: Path, config) -> None:
 
     mine = [r for r in _in_part(rows, "forgetting") if r["test_accuracy"] != ""]
     if mine:
-        acc, forg = stats(mine, "test_accuracy", key), stats(mine, "forgetting", key)
+        acc, forg = experiment.aggregate(mine, "test_accuracy", key), experiment.aggregate(mine, "forgetting", key)
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for m in dict.fromkeys(r["method"] for r in mine):
             pts = sorted((float(k[2] or 0), forg.get(k, (0.0,))[0], acc[k][0]) for k in acc if k[0] == m)
@@ -525,7 +516,7 @@ def plot_all(rows: list[dict], workdir: Path, config) -> None:
 
     mine = _in_part(rows, "lr_sweep")
     if mine:
-        acc = stats(mine, "test_accuracy", key)
+        acc = experiment.aggregate(mine, "test_accuracy", key)
         methods = list(dict.fromkeys(r["method"] for r in mine))
         floor = next((float(r["majority_class_accuracy"]) for r in mine if r["majority_class_accuracy"] != ""), 0.5)
         fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -562,7 +553,7 @@ def plot_all(rows: list[dict], workdir: Path, config) -> None:
 
     mine = _in_part(rows, "features")
     if mine:
-        acc, neg = stats(mine, "test_accuracy", key), stats(mine, "negation_accuracy", key)
+        acc, neg = experiment.aggregate(mine, "test_accuracy", key), experiment.aggregate(mine, "negation_accuracy", key)
         ks = list(dict.fromkeys(key(r) for r in mine))
         fig, ax = plt.subplots(figsize=(8, 4.5))
         x = np.arange(len(ks))
