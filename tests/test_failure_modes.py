@@ -71,6 +71,36 @@ def test_quick_and_full_grids():
     assert len(dirs) == len(set(dirs))
 
 
+def test_language_part_fine_tunes_on_the_chinese_reviews():
+    """The cross-language cells read the built-in Chinese set (not the experiment's task), skip the English
+    forgetting measure, and scratch takes the Chinese-pretrained BERT's architecture and tokenizer."""
+    full = config_lib.load_config_file(str(CONFIG))
+    cells = failures.part_cells(full)["language"]
+    assert {c.method for c in cells} == {"scratch_zh", "bert_ood_zh", "bert_zh", "minilm_zh"}
+    assert {"bert_zh", "bert_ood", "minilm"} <= failures.needed_starts(full)
+    starts = {name: {"init_from": f"runs/{name}"} for name in ("bert_ood", "bert_zh", "minilm")}
+    by_method = {c.method: failures.cell_config(full, c, starts, 9956) for c in cells if c.seed == 0 and c.budget == 100}
+    for method, cfg in by_method.items():
+        assert (cfg.data.name, cfg.data.train, cfg.data.test, cfg.forgetting.enabled) == ("chinese_reviews", "", "", False)
+        assert cfg.data.num_labeled == 100
+    assert (by_method["scratch_zh"].init_from, by_method["scratch_zh"].model_like) == ("none", "runs/bert_zh")
+    assert by_method["bert_ood_zh"].init_from == "runs/bert_ood" and by_method["minilm_zh"].train.lr == 5e-5
+    # The experiment's own cells keep its task.
+    mismatch = failures.cell_config(full, failures.part_cells(full)["mismatch"][0], {**starts, "scratch": {}}, 9956)
+    assert mismatch.data.name == full.finetune.data.name and mismatch.forgetting.enabled
+    full.language.budgets = (100, 0)
+    with pytest.raises(ConfigError, match="budget 0"):
+        failures.validate(full)
+
+
+def test_chinese_training_text_never_holds_a_test_text(monkeypatch):
+    from tljax.data import prepared, sources
+    splits = {"train": (["a", "b", "shared"], None), "test": (["shared", "c"], None)}
+    monkeypatch.setattr(prepared, "load_builtin_split", lambda dataset, split: splits[split])
+    assert list(sources.iter_documents("builtin:chinese_reviews_train_text")) == ["a", "b"]
+    assert experiment.tapt_source({"name": "chinese_reviews"}) == "builtin:chinese_reviews_train_text"
+
+
 @pytest.mark.parametrize("flag, message", [
     ("--config.parts=('mismatch','nope')", "parts ['nope'] unknown"),
     ("--config.lr_sweep.lrs=(0.001,-1.0)", "lr_sweep.lrs=(0.001, -1.0) must be learning rates > 0"),

@@ -30,7 +30,7 @@ commands:
                           few-shot): --config.prompt="Review: {text}\nSentiment:"
                           --config.verbalizer='{"pos": " positive", "neg": " negative"}' [--config.k_shot=4
                           --config.train=csv:train.csv]; writes summary.json and predictions.csv
-  data prepare [--force]  fetch and prepare the embedded offline corpus and Rotten Tomatoes
+  data prepare [--force]  fetch and prepare the offline corpus, Rotten Tomatoes and the Chinese reviews
   convert --from SRC --to DST
                           Hugging Face folder <-> tljax run: --from hf:/folder (or hf:minilm, hf:smollm2)
                           or gguf:/path/model.gguf --to runs/x
@@ -482,7 +482,7 @@ COMMAND_USAGE = {
     "experiment": ("--config FILE.py[:quick] --workdir DIR [--config.FIELD=VALUE ...]",
                    "A resumable grid of fine-tuning cells (finished cells are kept): the learning curve (transfer\n"
                    "vs scratch across label budgets) or, with configs/experiments/failure_modes.py, the failure modes."),
-    "data": ("prepare [--force]", "Fetch and prepare the embedded offline corpus and Rotten Tomatoes."),
+    "data": ("prepare [--force]", "Fetch and prepare the offline corpus, Rotten Tomatoes and the Chinese reviews."),
     "convert": ("--from SRC --to DST", "Hugging Face folder <-> tljax run: --from hf:/folder (or hf:minilm) "
                                        "--to runs/x writes a run\nthat init_from accepts; --from runs/x --to "
                                        "hf:/folder exports."),

@@ -212,12 +212,15 @@ def word2vec_start(cfg, workdir: Path, costs: dict) -> dict:
 def tapt_source(finetune_data) -> str:
     """The pretraining source of the task's own unlabeled training texts: the text column of the labeled
     training file (``csv:`` / ``jsonl:``), or for the built-in Rotten Tomatoes its training reviews + plot
-    synopses (``builtin:rotten_tomatoes_train_text``, which drops any validation or test text). Never the
+    synopses (``builtin:rotten_tomatoes_train_text``, which drops any validation or test text; likewise
+    ``builtin:chinese_reviews_train_text``). Never the
     test split: only the training spec is read."""
     train_spec, _ = labeled.labeled_specs(finetune_data)
     kind, _, args = train_spec.partition(":")
     if train_spec == "builtin:rotten_tomatoes/train":
         return "builtin:rotten_tomatoes_train_text"
+    if train_spec == "builtin:chinese_reviews/train":
+        return "builtin:chinese_reviews_train_text"
     if kind in ("csv", "jsonl") and "@" not in args:
         return f"{kind}:{args}@{finetune_data.get('text_field', 'text') or 'text'}"
     raise config_lib.ConfigError(f"task-adaptive pretraining reads the training texts of a csv: or jsonl: file "

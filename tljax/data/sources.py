@@ -13,6 +13,8 @@ A source spec is a string ``KIND:ARGS``:
 - ``builtin:rotten_tomatoes_train_text`` — the task's own unlabeled text for task-adaptive pretraining: the
   review texts of the Rotten Tomatoes training split and the plot synopses of the corpus's training part;
   any text of the validation or test split is dropped, so it cannot yield one.
+- ``builtin:chinese_reviews_train_text`` — the same for the Chinese reviews: the texts of their training
+  split, any text of the test split dropped.
 """
 from __future__ import annotations
 
@@ -120,7 +122,8 @@ def _tfds_documents(args: str) -> Iterator[str]:
 
 
 RT_TRAIN_TEXT = "rotten_tomatoes_train_text"
-BUILTIN = ("corpus", "corpus_eval", RT_TRAIN_TEXT)
+ZH_TRAIN_TEXT = "chinese_reviews_train_text"
+BUILTIN = ("corpus", "corpus_eval", RT_TRAIN_TEXT, ZH_TRAIN_TEXT)
 
 
 def rotten_tomatoes_train_text() -> Iterator[str]:
@@ -144,9 +147,22 @@ def rotten_tomatoes_train_text() -> Iterator[str]:
                 yield record["text"]
 
 
+def chinese_reviews_train_text() -> Iterator[str]:
+    """The Chinese reviews' training texts; a text also in the test split is never yielded."""
+    try:
+        held_out = set(prepared.load_builtin_split("chinese_reviews", "test")[0])
+        train = prepared.load_builtin_split("chinese_reviews", "train")[0]
+    except prepared.NotPreparedError as e:
+        raise SourceError(str(e)) from None
+    yield from (t for t in train if t not in held_out)
+
+
 def _builtin_documents(args: str) -> Iterator[str]:
     if args == RT_TRAIN_TEXT:
         yield from rotten_tomatoes_train_text()
+        return
+    if args == ZH_TRAIN_TEXT:
+        yield from chinese_reviews_train_text()
         return
     split = {"corpus": "train", "corpus_eval": "eval"}.get(args)
     if split is None:
@@ -290,10 +306,12 @@ def fingerprint(spec: str) -> str:
             h.update(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
     elif kind == "builtin":
         rt = []
-        if args == RT_TRAIN_TEXT:
-            if not prepared.rt_is_prepared(prepared.rt_dir()):
-                raise SourceError(f"Rotten Tomatoes is not prepared in {prepared.rt_dir()}; run `tljax data prepare`")
-            rt = [prepared.rt_dir() / f"{s}.jsonl" for s in prepared.RT_SPLITS]
+        dataset = {RT_TRAIN_TEXT: "rotten_tomatoes", ZH_TRAIN_TEXT: "chinese_reviews"}.get(args)
+        if dataset:
+            if not prepared.builtin_is_prepared(dataset):
+                raise SourceError(f"{dataset} is not prepared in {prepared.builtin_dir(dataset)}; "
+                                  "run `tljax data prepare`")
+            rt = [prepared.builtin_dir(dataset) / f"{s}.jsonl" for s in prepared.BUILTIN_LABELED[dataset].splits]
         for path in [*prepared.corpus_paths().values(), *rt]:
             st = Path(path).stat()
             h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
