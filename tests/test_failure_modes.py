@@ -189,6 +189,21 @@ def test_mini_grid_end_to_end_and_resume(text_corpus, tmp_path, monkeypatch):
     assert failures.loss_curve(next(c for c in failures.grid(config) if c.lr == 3e-3 and c.method == "bert_ood")
                                .dir(workdir))
 
+    # The results rebuild from results.csv alone (a grid run in slices is merged this way); a cell in two
+    # files is refused.
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("failures_report", REPO / "scripts" / "failures_report.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    config_file = tmp_path / "mini_config.py"
+    config_file.write_text(f"import ml_collections\ndef get_config():\n    return ml_collections.ConfigDict({config.to_dict()!r})\n")
+    assert script.main(["--config", str(config_file), "--out", str(tmp_path / "rebuilt"), str(workdir / "results.csv")]) == 0
+    rebuilt = (tmp_path / "rebuilt" / "results.md").read_text()
+    assert rebuilt == md[:md.index("## Starting points")]
+    assert (tmp_path / "rebuilt" / "results.csv").read_text() == (workdir / "results.csv").read_text()
+    with pytest.raises(ConfigError, match="is in both"):
+        failures.report(config, [workdir / "results.csv"] * 2, tmp_path / "twice")
+
     # A second run does no work: no cell trains, no start is pretrained again.
     calls = []
     real_pretrain = pretrain.run

