@@ -76,19 +76,24 @@ def fetch_wheel(
     if is_done(dest):
         return dest
     with tempfile.TemporaryDirectory(prefix="tljax-wheel-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, *pip_args, spec]
-        if ignore_requires_python:
-            cmd.insert(-1, "--ignore-requires-python")
-        _run(cmd, f"pip download {spec}", hint="no Python package index reachable; "
-             f"run on a machine with pip access to the package index {_NO_CACHE_HINT}")
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if not wheels:
-            raise FetchError(f"pip download {spec} produced no wheel; "
-                             f"check that a wheel exists for this spec {_NO_CACHE_HINT}")
+        args = ["--only-binary=:all:", *pip_args] + (["--ignore-requires-python"] if ignore_requires_python else [])
+        wheel = _pip_download(spec, Path(tmp), args, "*.whl", "wheel")
         with _staged(dest) as staging:
-            _unzip(wheels[0], staging, tuple(members) if members is not None else None)
+            _unzip(wheel, staging, tuple(members) if members is not None else None)
     return dest
+
+
+def _pip_download(spec: str, folder: Path, args: list[str], pattern: str, what: str) -> Path:
+    """``pip download --no-deps ARGS SPEC`` into ``folder``; the downloaded file matching ``pattern``."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
+           "-d", str(folder), *args, spec]
+    _run(cmd, f"pip download {spec}", hint="no Python package index reachable; "
+         f"run on a machine with pip access to the package index {_NO_CACHE_HINT}")
+    found = sorted(folder.glob(pattern))
+    if not found:
+        raise FetchError(f"pip download {spec} produced no {what}; "
+                         f"check that a {what} exists for this spec {_NO_CACHE_HINT}")
+    return found[0]
 
 
 def fetch_sdist(spec: str, dest: Path, *, members: Iterable[str]) -> Path:
@@ -101,15 +106,8 @@ def fetch_sdist(spec: str, dest: Path, *, members: Iterable[str]) -> Path:
         return dest
     members = tuple(members)
     with tempfile.TemporaryDirectory(prefix="tljax-sdist-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, spec]
-        _run(cmd, f"pip download {spec}", hint="no Python package index reachable; "
-             f"run on a machine with pip access to the package index {_NO_CACHE_HINT}")
-        archives = sorted(Path(tmp).glob("*.tar.gz"))
-        if not archives:
-            raise FetchError(f"pip download {spec} produced no source archive; "
-                             f"check that an sdist exists for this spec {_NO_CACHE_HINT}")
-        with _staged(dest) as staging, tarfile.open(archives[0]) as tar:
+        archive = _pip_download(spec, Path(tmp), ["--no-binary=:all:"], "*.tar.gz", "source archive")
+        with _staged(dest) as staging, tarfile.open(archive) as tar:
             chosen = []
             for info in tar.getmembers():
                 inner = info.name.partition("/")[2]  # drop the archive's top folder (name-version/)
@@ -117,7 +115,7 @@ def fetch_sdist(spec: str, dest: Path, *, members: Iterable[str]) -> Path:
                     info.name = inner
                     chosen.append(info)
             if not chosen:
-                raise FetchError(f"{archives[0].name} holds none of {list(members)}; "
+                raise FetchError(f"{archive.name} holds none of {list(members)}; "
                                  f"the package layout changed {_NO_CACHE_HINT}")
             tar.extractall(staging, members=chosen, filter="data")
     return dest
