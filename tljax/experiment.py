@@ -28,7 +28,7 @@ import numpy as np
 from tljax import config as config_lib
 from tljax import finetune, pretrain, word2vec
 from tljax.defaults import finetune_config as finetune_defaults
-from tljax.data import labeled
+from tljax.data import labeled, sources
 from tljax import workdir as workdir_lib
 from tljax.utils import enable_compilation_cache, is_lead_process, log, write_json
 
@@ -217,10 +217,8 @@ def tapt_source(finetune_data) -> str:
     test split: only the training spec is read."""
     train_spec, _ = labeled.labeled_specs(finetune_data)
     kind, _, args = train_spec.partition(":")
-    if train_spec == "builtin:rotten_tomatoes/train":
-        return "builtin:rotten_tomatoes_train_text"
-    if train_spec == "builtin:chinese_reviews/train":
-        return "builtin:chinese_reviews_train_text"
+    if kind == "builtin" and args.endswith("/train") and f"{args[:-len('/train')]}_train_text" in sources.TRAIN_TEXT:
+        return f"builtin:{args[:-len('/train')]}_train_text"
     if kind in ("csv", "jsonl") and "@" not in args:
         return f"{kind}:{args}@{finetune_data.get('text_field', 'text') or 'text'}"
     raise config_lib.ConfigError(f"task-adaptive pretraining reads the training texts of a csv: or jsonl: file "

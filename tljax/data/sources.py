@@ -13,7 +13,7 @@ A source spec is a string ``KIND:ARGS``:
 - ``builtin:rotten_tomatoes_train_text`` — the task's own unlabeled text for task-adaptive pretraining: the
   review texts of the Rotten Tomatoes training split and the plot synopses of the corpus's training part;
   any text of the validation or test split is dropped, so it cannot yield one.
-- ``builtin:chinese_reviews_train_text`` — the same for the Chinese reviews: the texts of their training
+- ``builtin:chinese_reviews_train_text`` (``builtin:<set>_train_text`` for each built-in labeled set) — the texts of its training
   split, any text of the test split dropped.
 """
 from __future__ import annotations
@@ -122,22 +122,28 @@ def _tfds_documents(args: str) -> Iterator[str]:
 
 
 RT_TRAIN_TEXT = "rotten_tomatoes_train_text"
-ZH_TRAIN_TEXT = "chinese_reviews_train_text"
-BUILTIN = ("corpus", "corpus_eval", RT_TRAIN_TEXT, ZH_TRAIN_TEXT)
+# builtin:<set>_train_text: the training texts of a built-in labeled set (task-adaptive pretraining's text)
+TRAIN_TEXT = {f"{name}_train_text": name for name in prepared.BUILTIN_LABELED}
+BUILTIN = ("corpus", "corpus_eval", *TRAIN_TEXT)
+
+
+def builtin_train_text(dataset: str) -> Iterator[str]:
+    """The training texts of the prepared built-in labeled set ``dataset``; a text that is also in one of its
+    other splits (validation, test) is never yielded, so a leak is impossible, not just unlikely."""
+    splits = prepared.BUILTIN_LABELED[dataset].splits
+    try:
+        held_out = {t for split in splits if split != "train" for t in prepared.load_builtin_split(dataset, split)[0]}
+        train = prepared.load_builtin_split(dataset, "train")[0]
+    except prepared.NotPreparedError as e:
+        raise SourceError(str(e)) from None
+    yield from (t for t in train if t not in held_out)
 
 
 def rotten_tomatoes_train_text() -> Iterator[str]:
-    """The Rotten Tomatoes training reviews, then the plot synopses (unlabeled) of the corpus's training
-    part. A text that is also in the validation or test split is never yielded (the splits are by movie;
-    this makes a leak impossible, not just unlikely)."""
-    try:
-        held_out = {t for split in ("validation", "test") for t in prepared.load_rt_split(split)[0]}
-        train = prepared.load_rt_split("train")[0]
-    except prepared.NotPreparedError as e:
-        raise SourceError(str(e)) from None
-    for text in train:
-        if text not in held_out:
-            yield text
+    """The Rotten Tomatoes training reviews (``builtin_train_text``), then the plot synopses (unlabeled) of
+    the corpus's training part, except any synopsis equal to a validation or test text."""
+    yield from builtin_train_text("rotten_tomatoes")
+    held_out = {t for split in ("validation", "test") for t in prepared.load_rt_split(split)[0]}
     with open(prepared.corpus_paths()["train"], encoding="utf-8") as f:
         for line in f:
             if '"rt_plots"' not in line:  # cheap pre-filter: most lines are other sources
@@ -147,22 +153,9 @@ def rotten_tomatoes_train_text() -> Iterator[str]:
                 yield record["text"]
 
 
-def chinese_reviews_train_text() -> Iterator[str]:
-    """The Chinese reviews' training texts; a text also in the test split is never yielded."""
-    try:
-        held_out = set(prepared.load_builtin_split("chinese_reviews", "test")[0])
-        train = prepared.load_builtin_split("chinese_reviews", "train")[0]
-    except prepared.NotPreparedError as e:
-        raise SourceError(str(e)) from None
-    yield from (t for t in train if t not in held_out)
-
-
 def _builtin_documents(args: str) -> Iterator[str]:
-    if args == RT_TRAIN_TEXT:
-        yield from rotten_tomatoes_train_text()
-        return
-    if args == ZH_TRAIN_TEXT:
-        yield from chinese_reviews_train_text()
+    if args in TRAIN_TEXT:
+        yield from rotten_tomatoes_train_text() if args == RT_TRAIN_TEXT else builtin_train_text(TRAIN_TEXT[args])
         return
     split = {"corpus": "train", "corpus_eval": "eval"}.get(args)
     if split is None:
@@ -306,7 +299,7 @@ def fingerprint(spec: str) -> str:
             h.update(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
     elif kind == "builtin":
         rt = []
-        dataset = {RT_TRAIN_TEXT: "rotten_tomatoes", ZH_TRAIN_TEXT: "chinese_reviews"}.get(args)
+        dataset = TRAIN_TEXT.get(args)
         if dataset:
             if not prepared.builtin_is_prepared(dataset):
                 raise SourceError(f"{dataset} is not prepared in {prepared.builtin_dir(dataset)}; "
