@@ -103,6 +103,24 @@ def test_grid_end_to_end_with_resume(task, text_corpus, tmp_path, monkeypatch):
     costs = json.loads((workdir / "pretraining_costs.json").read_text())
     assert costs["tljax"] > 0 and costs["word2vec"] > 0
 
+    # A grid run in slices (here: one file per seed) is rebuilt from its results.csv files alone; a cell in
+    # two files is refused.
+    for seed in ("0", "1"):
+        experiment.write_csv([r for r in rows if r["seed"] == seed], tmp_path / f"seed{seed}.csv")
+    config_file = tmp_path / "lc_config.py"
+    config_file.write_text(f"import ml_collections\ndef get_config():\n    return ml_collections.ConfigDict({config.to_dict()!r})\n")
+    script = [sys.executable, str(REPO / "scripts" / "experiment_report.py"), "--config", str(config_file)]
+    done = subprocess.run(script + ["--out", str(tmp_path / "rebuilt"), str(tmp_path / "seed0.csv"),
+                                    str(tmp_path / "seed1.csv")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rebuilt = json.loads((tmp_path / "rebuilt" / "claims.json").read_text())
+    assert rebuilt == dict(claims, pretraining_seconds={})
+    cut = md.index("**Starting points**")
+    assert (tmp_path / "rebuilt" / "results.md").read_text()[:cut] == md[:cut]
+    done = subprocess.run(script + ["--out", str(tmp_path / "twice"), str(tmp_path / "seed0.csv"),
+                                    str(tmp_path / "seed0.csv")], capture_output=True, text=True)
+    assert done.returncode == 2 and "is in both" in done.stderr and not (tmp_path / "twice").exists()
+
     # A moved workdir, named by another path, resumes: its starts are the same folders below it.
     moved = tmp_path / "elsewhere" / "lc_moved"
     moved.parent.mkdir()

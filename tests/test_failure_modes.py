@@ -192,7 +192,7 @@ def test_mini_grid_end_to_end_and_resume(text_corpus, tmp_path, monkeypatch):
     # The results rebuild from results.csv alone (a grid run in slices is merged this way); a cell in two
     # files is refused.
     import importlib.util
-    spec = importlib.util.spec_from_file_location("failures_report", REPO / "scripts" / "failures_report.py")
+    spec = importlib.util.spec_from_file_location("experiment_report", REPO / "scripts" / "experiment_report.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     config_file = tmp_path / "mini_config.py"

@@ -542,6 +542,46 @@ def write_csv(rows: list[dict], path: Path, fields: tuple[str, ...] = CSV_FIELDS
     os.replace(tmp, path)
 
 
+def merge_rows(csv_paths: list[str | Path], read_rows, key) -> list[dict]:
+    """The rows of several runs' ``results.csv`` (``read_rows(path)`` each), e.g. a grid run in slices, one
+    invocation per session. A cell in two files (same ``key(row)``) is an error: which to keep is the user's."""
+    rows, seen = [], {}
+    for path in csv_paths:
+        for r in read_rows(path):
+            k = key(r)
+            if k in seen:
+                raise config_lib.ConfigError(f"cell {k} is in both {seen[k]} and {path}; keep one of them")
+            seen[k] = path
+            rows.append(r)
+    return rows
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a learning-curve ``results.csv`` as written (numbers stay strings: the tables convert
+    what they use); a column missing or a method this version does not know is an error."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    missing = [k for k in CSV_FIELDS if rows and k not in rows[0]]
+    if missing:
+        raise config_lib.ConfigError(f"{path} is not a learning-curve results.csv (no column {missing[0]!r})")
+    unknown = sorted({r["method"] for r in rows} - set(METHODS))
+    if unknown:
+        raise config_lib.ConfigError(f"{path}: method {unknown[0]!r} is not one of tljax/experiment.py's METHODS")
+    return rows
+
+
+def report(config, csv_paths: list[str | Path], out_dir: str | Path) -> dict:
+    """results.csv / results.md / learning_curve.png / claims.json of the rows of several runs'
+    ``results.csv`` files into ``out_dir`` (scripts/experiment_report.py); returns the claims. The
+    starting points' one-off costs are not in the rows, so the claims leave them out."""
+    rows = merge_rows(csv_paths, read_rows, lambda r: (r["method"], r["labels"], str(r["seed"])))
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.methods = tuple(dict.fromkeys([*config.methods, *(r["method"] for r in rows)]))  # none dropped
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return write_results(rows, {}, config, out)
+
+
 def aggregate(rows: list[dict], field: str = "test_accuracy",
               key=lambda r: (r["method"], r["labels"])) -> dict[tuple, tuple[float, float, int]]:
     """{key(row), by default (method, labels): (mean, std over seeds, number of seeds)} of ``field`` (rows
@@ -633,7 +673,8 @@ def claims_text(claims: dict) -> str:
         lines.append(f"less training time: no transfer cell reaches scratch's best {lt['scratch_accuracy']:.3f}.")
     costs = ", ".join(f"{k} {format_seconds(v)}" if v is not None else f"{k} not measured here"
                       for k, v in claims["pretraining_seconds"].items())
-    lines.append(f"one-off cost of the starting points: {costs}.")
+    if costs:  # (results rebuilt from results.csv files have no starts)
+        lines.append(f"one-off cost of the starting points: {costs}.")
     return "\n".join(lines)
 
 

@@ -416,14 +416,7 @@ def report(config, csv_paths: list[str | Path], out_dir: str | Path) -> dict:
     """results.csv / results.md / plots / readings of the rows of several runs' ``results.csv`` files (e.g. a
     grid run in slices: one invocation per session, each with some variants), into ``out_dir``. A cell found
     in two files (same method, labels, lr and seed) is an error: which one to keep is the user's choice."""
-    rows, seen = [], {}
-    for path in csv_paths:
-        for r in read_rows(path):
-            k = (r["method"], r["labels"], r["lr"], r["seed"])
-            if k in seen:
-                raise config_lib.ConfigError(f"cell {k} is in both {seen[k]} and {path}; keep one of them")
-            seen[k] = path
-            rows.append(r)
+    rows = experiment.merge_rows(csv_paths, read_rows, lambda r: (r["method"], r["labels"], r["lr"], r["seed"]))
     parts = [p for p in config.parts if any(part in r["parts"].split(";") for r in rows for part in [p])]
     config = ml_collections.ConfigDict(config.to_dict())
     config.parts = tuple(parts)
@@ -635,7 +628,7 @@ def plot_all(rows: list[dict], workdir: Path, config) -> None:
         ax2.set_title(f"{VARIANTS[first].title}: training loss (seed {seed})")
         if ax2.get_lines():
             ax2.legend(fontsize=8)
-        else:  # rebuilt from results.csv files alone (scripts/failures_report.py): no cell folders here
+        else:  # rebuilt from results.csv files alone (scripts/experiment_report.py): no cell folders here
             ax2.text(0.5, 0.5, "loss curves need the cells' folders", ha="center", transform=ax2.transAxes)
         ax2.grid(alpha=0.3)
         save(fig, "lr_sweep")
